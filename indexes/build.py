@@ -1,0 +1,59 @@
+"""Faiss indexes over plain float32 arrays: build one from a config, search it.
+
+Legend: xb (n, d) database vectors, xq (m, d) queries, k neighbours, D (m, k) similarities, I (m, k) ids.
+All indexes use inner product on L2-normalised rows, i.e. cosine similarity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+
+from .config import IndexConfig
+
+
+def default_nlist(n: int) -> int:
+    """Cells for an IVF over n vectors: ~4*sqrt(n), but at least 39 training points per cell (Faiss's minimum)."""
+    return int(max(1, min(4 * math.sqrt(n), n // 39)))
+
+
+def default_nprobe(nlist: int) -> int:
+    return int(max(1, min(nlist, round(nlist / 8))))
+
+
+def build_index(xb: np.ndarray, ids: np.ndarray, config: IndexConfig) -> faiss.Index:
+    """Index ``xb (n, d) float32`` under the 64-bit ``ids (n,)``; rows should be L2-normalised."""
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    n, d = xb.shape
+    if config.kind == "flat":
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+    elif config.kind == "ivf":
+        nlist = config.nlist or default_nlist(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(xb)
+        index.nprobe = config.nprobe or default_nprobe(nlist)
+    else:  # hnsw has no add_with_ids: map its sequential ids back through IDMap2
+        hnsw = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIDMap2(hnsw)
+    if n:
+        index.add_with_ids(xb, ids)
+    return index
+
+
+def search(index: faiss.Index, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest by inner product: ``D (m, k) float32`` (descending), ``I (m, k) int64`` (-1 where fewer than k)."""
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if nprobe is not None:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    k = max(1, min(k, index.ntotal)) if index.ntotal else 1
+    return index.search(xq, k)
+
+
+def to_gpu_if_available(index: faiss.Index) -> faiss.Index:
+    """Move to all GPUs when this Faiss build sees one (faiss-gpu with CUDA); otherwise return it unchanged."""
+    if faiss.get_num_gpus() > 0:
+        return faiss.index_cpu_to_all_gpus(index)
+    return index

