@@ -20,7 +20,7 @@ from ..retrieval import engine
 from ..retrieval.encoder import EncoderConfig
 from .edits import EDITS, sample_photos
 
-DEMO_EDITS = ("crop", "flip", "rotation", "jpeg", "colour")
+DEMO_EDITS = ("crop", "flip", "rotate", "jpeg", "colour")
 
 
 @dataclass

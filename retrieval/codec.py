@@ -371,8 +371,9 @@ def reduce(params: CodecParams, x: np.ndarray) -> np.ndarray:
     y = (x.astype(_F32) - params.mean) @ params.components.T
     if params.config.whiten:
         var = params.explained_variance.astype(np.float64)
-        # eps keeps null axes (capped or rank-deficient data) finite
-        y *= (1.0 / np.sqrt(var + max(var.max() * 1e-9, np.finfo(np.float64).tiny))).astype(_F32)
+        # an axis without training variance (capped or rank-deficient data) has no scale to learn: keep it
+        null = var <= var.max() * 1e-12
+        y *= np.where(null, 1.0, 1.0 / np.sqrt(np.where(null, 1.0, var))).astype(_F32)
     return y.astype(_F32, copy=False)
 
 
@@ -430,7 +431,7 @@ def encode(params: CodecParams, x: np.ndarray) -> np.ndarray:
 
 
 def decode(params: CodecParams, codes: np.ndarray) -> np.ndarray:
-    """codes (m, code_size) uint8 -> reconstruction (m, p) float32 in the reduced space (not back-projected)."""
+    """codes (m, code_size) uint8 -> reconstructed y (m, p) float32 (reduced space, not back-projected)."""
     cfg = params.config
     codes = _rows(codes, params.code_size, "codes")
     if codes.dtype != np.uint8:
@@ -467,7 +468,7 @@ def pack_bits(idx: np.ndarray, bits: int) -> np.ndarray:
 
 
 def unpack_bits(codes: np.ndarray, p: int, bits: int) -> np.ndarray:
-    """Inverse of `pack_bits`: codes (m, ceil(p*bits/8)) uint8 -> indices (m, p) uint8 (bits <= 8) or uint16."""
+    """Inverse of `pack_bits`: codes (m, ceil(p*bits/8)) uint8 -> indices (m, p) uint8, uint16 if bits > 8."""
     codes = _rows(codes, -(-p * bits // 8), "codes")
     m = len(codes)
     b = np.unpackbits(codes.astype(np.uint8), axis=1, count=p * bits, bitorder="little").reshape(m, p, bits)
@@ -518,8 +519,10 @@ def pack_radix(idx: np.ndarray, h: int) -> np.ndarray:
 
 
 def unpack_radix(codes: np.ndarray, p: int, h: int) -> np.ndarray:
-    """Inverse of `pack_radix`: codes (m, byte length of h**p - 1) uint8 -> indices (m, p), uint8 if h <= 256
-    else uint16."""
+    """Inverse of `pack_radix`: codes (m, byte length of h**p - 1) uint8 -> indices (m, p).
+
+    Indices are uint8 if h <= 256, else uint16. A code >= h**p (corrupt codes) raises ValueError.
+    """
     codes = _rows(codes, _radix_size(p, h), "codes")
     m = len(codes)
     if h == 1:

@@ -22,11 +22,11 @@ import time
 import warnings
 import zlib
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -111,15 +111,24 @@ def walk_images(root: str | bytes | os.PathLike) -> tuple[list[Path], list[Skipp
 
     images: list[Path] = []
     skipped: list[Skipped] = []
-    seen = {(st.st_dev, st.st_ino)}  # real folders walked: a cycle or a second link to one is cut here
-    real_dirs, linked_dirs = [root], []
+    seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the folders walked: cuts cycles and duplicates
+    # All real folders are walked before any link to a folder, so a link into the tree is the duplicate; links
+    # are taken first-found-first (FIFO) so that among links to one folder the first name (sorted) wins.
+    real_dirs: list[Path] = [root]
+    linked_dirs: deque[Path] = deque()
     while real_dirs or linked_dirs:
-        folder = real_dirs.pop() if real_dirs else linked_dirs.pop()
+        folder = real_dirs.pop() if real_dirs else linked_dirs.popleft()
+        folder_key = relative_key(folder, root)
         try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                skipped.append(Skipped(folder_key, "folder already walked (symlink loop or link)"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
             with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda entry: os.fsencode(entry.name), reverse=True)  # deterministic
+                entries = sorted(it, key=lambda entry: os.fsencode(entry.name))
         except OSError as e:
-            skipped.append(Skipped(relative_key(folder, root), _os_reason(e)))
+            skipped.append(Skipped(folder_key, _os_reason(e)))
             continue
         for entry in entries:
             path = folder / entry.name
@@ -134,11 +143,6 @@ def walk_images(root: str | bytes | os.PathLike) -> tuple[list[Path], list[Skipp
                         skipped.append(Skipped(key, "broken symlink" if broken else _os_reason(e)))
                         continue
                 if entry.is_dir():
-                    st = entry.stat()
-                    if (st.st_dev, st.st_ino) in seen:
-                        skipped.append(Skipped(key, "folder already walked (symlink loop or second link)"))
-                        continue
-                    seen.add((st.st_dev, st.st_ino))
                     (linked_dirs if entry.is_symlink() else real_dirs).append(path)
                     if is_image_name:
                         skipped.append(Skipped(key, "is a directory"))
@@ -203,7 +207,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         a = x[:, :, 3:]
         # (rgb * a + white * (255 - a)) / 255, rounded; stays below 2**16
         return ((x[:, :, :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
-    return np.array(img.convert("RGB"))
+    return np.array(img if img.mode == "RGB" else img.convert("RGB"))  # a writable copy
 
 
 @contextmanager

@@ -9,7 +9,6 @@ return (n, C) float32 *unnormalised* descriptors; `Pooling` L2-normalises them. 
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import Callable
 
@@ -46,28 +45,30 @@ def rmac_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int]]:
     """Tolias et al.'s R-MAC regions of an h x w map, as (top, left, side) squares in cells.
 
     Level l has squares of side floor(2 * min(h, w) / (l + 1)), l per short side and l + extra along the long
-    side, where `extra` makes consecutive regions overlap by about 40% (cirtorch's sampling).
+    side, where `extra` makes consecutive regions overlap by about 40%, spread evenly from one border to the
+    other (cirtorch's sampling, computed exactly: its float32 arithmetic differs on exact ties of the overlap
+    criterion and on very elongated maps, where a floor lands just below an integer).
     """
     s = min(h, w)
     # Number of extra regions along the long side: the step count (2..7) whose overlap is closest to 0.4.
-    # Exact fractions: overlaps can tie exactly (e.g. 5 x 9), and the first of the tied counts is then taken
-    # whatever the float rounding (cirtorch's float32 picks the same on all maps up to 29 x 29).
+    # Exact fractions: overlaps can tie exactly (e.g. 5 x 9, 3 x 11); the first tied count is then taken,
+    # where cirtorch's float32 rounding breaks the tie one way or the other.
     overlaps = [abs(1 - Fraction(max(h, w) - s, s * (k - 1)) - Fraction(2, 5)) for k in range(2, 8)]
     extra = overlaps.index(min(overlaps)) + 1
     extra_h, extra_w = (extra, 0) if h > w else (0, extra) if w > h else (0, 0)
     regions = []
     for level in range(1, levels + 1):
-        side = math.floor(2 * s / (level + 1))
+        side = 2 * s // (level + 1)
         if side == 0:
             continue
-        half = math.floor(side / 2 - 1)
-
-        def starts(length: int, count: int) -> list[int]:
-            step = 0.0 if count == 1 else (length - side) / (count - 1)
-            return [math.floor(half + i * step) - half for i in range(count)]
-
-        regions += [(t, left, side) for t in starts(h, level + extra_h) for left in starts(w, level + extra_w)]
+        tops, lefts = _spread(h, side, level + extra_h), _spread(w, side, level + extra_w)
+        regions += [(t, left, side) for t in tops for left in lefts]
     return regions
+
+
+def _spread(length: int, side: int, count: int) -> list[int]:
+    """Starts of `count` windows of `side` cells spread evenly from 0 to length - side, floored (integers only)."""
+    return [0] if count == 1 else [i * (length - side) // (count - 1) for i in range(count)]
 
 
 def rmac(x: torch.Tensor, levels: int = 3, eps: float = 1e-6) -> torch.Tensor:

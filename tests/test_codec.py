@@ -1,4 +1,4 @@
-"""Tests of retr.retrieval.codec: hand-computed examples, exact code sizes, and property tests against oracles."""
+"""Tests of retr.retrieval.codec: hand-computed examples, exact code sizes, property tests against oracles."""
 
 import math
 
@@ -118,7 +118,7 @@ def test_dr1_keeps_a_seeded_subset():
     a = C.fit(x, C.CodecConfig(reduction="dr1", dims=12, seed=3))
     assert a.selected.dtype == np.int64 and len(set(a.selected.tolist())) == 12
     assert (
-        a.selected.tolist() == sorted(a.selected.tolist()) and 0 <= a.selected.min() and a.selected.max() < 50
+        a.selected.tolist() == sorted(a.selected.tolist()) and a.selected.min() >= 0 and a.selected.max() < 50
     )
     assert C.fit(x, C.CodecConfig(reduction="dr1", dims=12, seed=3)).selected.tolist() == a.selected.tolist()
     assert C.fit(x, C.CodecConfig(reduction="dr1", dims=12, seed=4)).selected.tolist() != a.selected.tolist()
@@ -147,6 +147,11 @@ def test_pca_whitening_gives_unit_variance():
     x = _data(2, 200, 16)
     y = C.reduce(C.fit(x, C.CodecConfig(dims=8, whiten=True)), x)
     assert np.allclose(y.var(axis=0), 1.0, rtol=1e-3)
+    # 5 centred vectors span 4 axes: the 5th has no variance and is left unscaled, not blown up
+    capped = C.fit(x[:5], C.CodecConfig(dims=8, whiten=True))
+    y = C.reduce(capped, x)
+    assert capped.dims == 5 and np.isfinite(y).all()
+    assert np.allclose(C.reduce(capped, x[:5]).var(axis=0), [1, 1, 1, 1, 0], atol=1e-3)
 
 
 def test_dims_capped_by_training_vectors():
@@ -361,8 +366,8 @@ def test_decode_then_encode_reproduces_codes(cfg, seed):
 @PROPS
 @given(cfg=CODEC_CONFIGS, seed=st.integers(0, 2**32 - 1))
 def test_error_never_grows_on_nested_grids(cfg, seed):
-    # The level centres of h are a subset of those of 3h (level i of h is level 3i+1 of 3h) and quantization picks
-    # the nearest level, so each value's error cannot grow from h to 3h. From h to 2h it can (see next test).
+    # The level centres of h are a subset of those of 3h (level i of h is level 3i+1 of 3h) and quantization
+    # picks the nearest level, so no value's error can grow from h to 3h. From h to 2h it can (next test).
     x = _data(seed, 40, 10)
     coarse = C.fit(x, cfg)
     fine = C.fit(x, C.CodecConfig.from_dict({**cfg.to_dict(), "levels": 3 * cfg.levels}))
@@ -378,8 +383,8 @@ def test_error_never_grows_on_nested_grids(cfg, seed):
 
 
 def test_doubling_levels_can_increase_error():
-    # 0, eight 0.5s, 1: h=1 has the level 0.5 (MSE 2 * 0.25 / 10 = 1/20); h=2 has 0.25 and 0.75, every value is
-    # 0.25 away (MSE 1/16). The grids are not nested; on Gaussian data h=1 -> 2 increases the MSE too.
+    # 0, eight 0.5s, 1: h=1 has the level 0.5 (MSE 2 * 0.25 / 10 = 1/20); h=2 has 0.25 and 0.75, every value
+    # is 0.25 away (MSE 1/16). The grids are not nested; on Gaussian data h=1 -> 2 increases the MSE too.
     x = np.array([[0.0]] + [[0.5]] * 8 + [[1.0]], np.float32)
     mse = [
         np.mean((C.decode(p, C.encode(p, x)) - x) ** 2) for p in (_one_dim(x[:, 0], levels=h) for h in (1, 2))

@@ -105,6 +105,14 @@ def test_every_mode_becomes_rgb_uint8(tmp_path, name, make, expected):
         assert tuple(x[0, col]) == colour
 
 
+@pytest.mark.parametrize("name", ["a.bmp", "a.ppm", "a.pgm", "a.webp", "a.tiff", "a.gif", "a.JPEG"])
+def test_every_listed_format_decodes(tmp_path, name):
+    img = Image.new("L" if name.endswith(".pgm") else "RGB", (10, 10), 0)
+    save(tmp_path / name, img, **({"lossless": True} if name.endswith(".webp") else {}))
+    x = read_image(tmp_path / name)
+    assert x.shape == (10, 10, 3) and (x == 0).all()
+
+
 def test_modes_round_trip_through_bytes(tmp_path):
     path = save(tmp_path / "l.png", Image.new("L", (10, 10), 100))
     x = decode_image_bytes(path.read_bytes(), name="upload.png")
@@ -162,23 +170,25 @@ def test_walk_is_recursive_case_insensitive_and_sorted(tmp_path):
 def test_walk_survives_symlink_loops_and_records_them(tmp_path):
     rgb(tmp_path, "sub/a.png")
     os.symlink(tmp_path, tmp_path / "sub" / "up")  # directory cycle
-    os.symlink(tmp_path / "sub", tmp_path / "alias")  # second link to a walked folder
+    os.symlink(tmp_path / "sub", tmp_path / "alias")  # a link into the tree, found before the real "sub"
     os.symlink("self.jpg", tmp_path / "self.jpg")  # link to itself
     found, skipped = walk_images(tmp_path)
     assert keys(found, tmp_path) == ["sub/a.png"]  # the real path wins over the alias
     assert skipped == [
-        Skipped("alias", "folder already walked (symlink loop or second link)"),
+        Skipped("alias", "folder already walked (symlink loop or link)"),
         Skipped("self.jpg", "symlink loop"),
-        Skipped("sub/up", "folder already walked (symlink loop or second link)"),
+        Skipped("sub/up", "folder already walked (symlink loop or link)"),
     ]
 
 
 def test_walk_follows_links_out_of_the_tree(tmp_path):
     rgb(tmp_path, "elsewhere/e.png")
     (tmp_path / "root").mkdir()
-    os.symlink(tmp_path / "elsewhere", tmp_path / "root" / "linked")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "root" / "b")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "root" / "a")  # two links to one folder: first name wins
     found, skipped = walk_images(tmp_path / "root")
-    assert keys(found, tmp_path / "root") == ["linked/e.png"] and skipped == []
+    assert keys(found, tmp_path / "root") == ["a/e.png"]
+    assert skipped == [Skipped("b", "folder already walked (symlink loop or link)")]
 
 
 def test_walk_records_broken_symlinks_directories_and_fifos(tmp_path):
