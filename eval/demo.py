@@ -1,9 +1,8 @@
 """``retr demo``: the whole job on the photographs bundled with scikit-image, offline.
 
-Writes the photos and seeded edited copies of each (crop, flip, rotation, JPEG re-compression, colour shift) to a
-folder, indexes it with the default backbone and codec, queries the database with every edited copy and checks that
-its original comes first among the other images (the copy itself, also in the database, is left out), and writes an
-HTML page with each query beside its results.
+Writes the photos to ``photos/`` and seeded edited copies of each (crop, flip, rotation, JPEG re-compression, colour
+shift) to ``queries/``, indexes the photos with the default backbone and codec, queries the database with every edited
+copy and checks that its original comes first, and writes an HTML page with each query beside its results.
 """
 
 from __future__ import annotations
@@ -36,17 +35,19 @@ class DemoResult:
     index: engine.IndexReport
 
 
-def write_collection(out: Path, seed: int = 0) -> tuple[list[Path], dict[Path, Path]]:
-    """Write the sample photos and their edited copies to ``out``; returns (originals, {copy: original})."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_collection(photos: Path, queries: Path, seed: int = 0) -> tuple[list[Path], dict[Path, Path]]:
+    """Write the sample photos to ``photos`` and their edited copies to ``queries``; returns
+    (originals, {copy: original})."""
+    photos.mkdir(parents=True, exist_ok=True)
+    queries.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     originals, copies = [], {}
     for name, img in sample_photos().items():
-        orig = out / f"{name}.jpg"
+        orig = photos / f"{name}.jpg"
         Image.fromarray(img).save(orig, quality=95)
         originals.append(orig)
         for edit in DEMO_EDITS:
-            p = out / f"{name}_{edit}.jpg"
+            p = queries / f"{name}_{edit}.jpg"
             Image.fromarray(EDITS[edit](img, rng)).save(p, quality=90)
             copies[p] = orig
     return originals, copies
@@ -54,21 +55,20 @@ def write_collection(out: Path, seed: int = 0) -> tuple[list[Path], dict[Path, P
 
 def run_demo(out: str | os.PathLike = "retr-demo", k: int = 5, seed: int = 0, device: str = "auto",
              encoder: EncoderConfig | None = None, progress: bool = True) -> DemoResult:
-    """Build the demo collection under ``out`` (``photos/``, ``demo.retr``, ``demo.html``) and measure it."""
+    """Build the demo under ``out`` (``photos/``, ``queries/``, ``demo.retr``, ``demo.html``) and measure it."""
     out = Path(out)
     folder, db = out / "photos", out / "demo.retr"
-    originals, copies = write_collection(folder, seed)
+    originals, copies = write_collection(folder, out / "queries", seed)
     rep = engine.index_folder(folder, db, encoder, device=device, seed=seed, progress=progress)
     ranks: dict[str, int] = {}
     rows = []
     with engine.Engine(db, device=device) as eng:
         queries = sorted(copies)
-        results = eng.search([str(q) for q in queries], k=len(originals) + len(copies))
+        results = eng.search([str(q) for q in queries], k=len(originals))
         for q, r in zip(queries, results):
-            others = [m for m in r.results if Path(m.path).resolve() != q.resolve()]
-            rank = next(j + 1 for j, m in enumerate(others) if Path(m.path).resolve() == copies[q].resolve())
+            rank = next(m.rank for m in r.results if Path(m.path).resolve() == copies[q].resolve())
             ranks[q.name] = rank
-            rows.append((q, others[:k]))
+            rows.append((q, r.results[:k]))
     page = out / "demo.html"
     _write_html(page, rows, copies)
     return DemoResult(folder=folder, db=db, html=page, n_photos=len(originals), n_queries=len(copies),
@@ -94,4 +94,4 @@ def _write_html(page: Path, rows: list, copies: dict[Path, Path]) -> None:
         "<!doctype html><meta charset=utf-8><title>retr demo</title><style>body{font-family:sans-serif}"
         ".row{display:flex;gap:8px;margin:12px 0}figure{margin:0}img{height:120px}figcaption{font-size:12px}"
         "</style><h1>retr demo: each edited copy and what it finds</h1>"
-        "<p>Green outline: the copy's original. The copy itself is left out of its results.</p>" + "\n".join(body))
+        "<p>Green outline: the copy's original.</p>" + "\n".join(body))
