@@ -12,6 +12,7 @@ import click
 
 from ..indexes import KINDS, IndexConfig, IndexConfigError
 from ..retrieval import engine
+from ..retrieval.check import check
 from ..retrieval.backbones import DEFAULT_BACKBONE, list_backbones
 from ..retrieval.codec import CodecConfig
 from ..retrieval.encoder import EncoderConfig
@@ -180,6 +181,24 @@ def info_cmd(db, as_json):
     click.echo(f"skipped      {len(i.skipped)} files")
     for p, reason in sorted(i.skipped.items()):
         click.echo(f"  {p}: {reason}")
+
+
+@main.command("check")
+@click.option("--db", required=True, type=click.Path(path_type=str), help="Database directory.")
+@click.option("--repair", is_flag=True, help="Rebuild what is derived (the Faiss index); the store is never changed.")
+def check_cmd(db, repair):
+    """Verify a database: format, codec, every id's path and code, orphans, the index's fingerprint.
+
+    Exits 0 when healthy, 1 after printing each problem.
+    """
+    rep = check(db, repair=repair)
+    for line in rep.repaired:
+        click.echo(f"repaired: {line}")
+    for line in rep.problems:
+        click.echo(f"problem: {line}", err=True)
+    if not rep.healthy:
+        raise click.exceptions.Exit(1)
+    click.echo(f"{db}: healthy ({rep.count} images)")
 
 
 if __name__ == "__main__":

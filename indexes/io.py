@@ -1,29 +1,35 @@
-"""Save and load an index file atomically, with a JSON sidecar that carries the fingerprint of its source.
+"""Save and load an index file atomically, with the fingerprint of its source inside it.
 
-``index.faiss`` is Faiss's own serialisation; ``index.json`` holds ``{version, config, fingerprint, ntotal, d}``.
-An index whose sidecar is missing, unreadable, of another version or of another fingerprint is stale: callers rebuild it.
+The file is one container, so an index can never be paired with another index's metadata:
+``RETRIDX1`` magic, a little-endian uint32 header length, a JSON header ``{version, config, fingerprint, ntotal, d}``,
+then Faiss's own serialisation. It is written to a temporary file and moved into place with ``os.replace``. An index
+whose header is unreadable, of another version, of another fingerprint or configuration, or whose body does not
+deserialise is stale: ``load_index`` returns None and the caller rebuilds it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from .config import IndexConfig
 
 INDEX_FORMAT_VERSION = 1
+_MAGIC = b"RETRIDX1"
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
@@ -32,51 +38,48 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_index(index: faiss.Index, path: str | os.PathLike, config: IndexConfig, fingerprint: str) -> None:
-    """Write ``path`` (the index) then ``path.json`` (its sidecar), each atomically; the sidecar last, so a crash in
-    between leaves an index that does not match its sidecar's fingerprint and is rebuilt."""
-    path = Path(path)
-    if faiss.get_num_gpus() > 0 and hasattr(faiss, "index_gpu_to_cpu"):
+    """Write ``index`` with its ``config`` and the ``fingerprint`` of the data it was built from, atomically."""
+    if faiss.get_num_gpus() > 0:
         try:
             index = faiss.index_gpu_to_cpu(index)
         except RuntimeError:
             pass  # already a CPU index
-    _atomic_write(path, lambda tmp: faiss.write_index(index, tmp))
-    side = {"version": INDEX_FORMAT_VERSION, "config": config.to_dict(), "fingerprint": fingerprint,
-            "ntotal": int(index.ntotal), "d": int(index.d), "bytes": path.stat().st_size}
-
-    def write_side(tmp):
-        with open(tmp, "w") as f:
-            json.dump(side, f, indent=1)
-    _atomic_write(path.with_suffix(path.suffix + ".json"), write_side)
+    body = faiss.serialize_index(index).tobytes()
+    header = json.dumps({"version": INDEX_FORMAT_VERSION, "config": config.to_dict(), "fingerprint": fingerprint,
+                         "ntotal": int(index.ntotal), "d": int(index.d), "bytes": len(body)}).encode()
+    _atomic_write(Path(path), _MAGIC + struct.pack("<I", len(header)) + header + body)
 
 
-def read_sidecar(path: str | os.PathLike) -> dict | None:
-    p = Path(path)
-    side = p.with_suffix(p.suffix + ".json")
+def read_header(path: str | os.PathLike) -> dict | None:
+    """The JSON header of an index file, or None when it is missing, foreign or of another version."""
     try:
-        with open(side) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            if f.read(len(_MAGIC)) != _MAGIC:
+                return None
+            (n,) = struct.unpack("<I", f.read(4))
+            meta = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
         return None
-    if meta.get("version") != INDEX_FORMAT_VERSION:
-        return None
-    return meta
+    return meta if meta.get("version") == INDEX_FORMAT_VERSION else None
 
 
 def load_index(path: str | os.PathLike, fingerprint: str, config: IndexConfig | None = None) -> faiss.Index | None:
-    """The saved index if it is current (same fingerprint, same config when given, size as recorded), else None."""
-    path = Path(path)
-    meta = read_sidecar(path)
+    """The saved index if it is current (same fingerprint, same config when given, intact), else None."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    meta = read_header(path)
     if meta is None or meta.get("fingerprint") != fingerprint:
         return None
     if config is not None and meta.get("config") != config.to_dict():
         return None
+    start = len(_MAGIC) + 4 + struct.unpack("<I", data[len(_MAGIC):len(_MAGIC) + 4])[0]
+    body = data[start:]
+    if len(body) != meta.get("bytes"):
+        return None  # truncated or padded: never trusted
     try:
-        if path.stat().st_size != meta.get("bytes"):
-            return None
-        index = faiss.read_index(str(path))
-    except (OSError, RuntimeError):
-        return None  # corrupt or missing: never trusted, the caller rebuilds
-    if index.ntotal != meta.get("ntotal"):
+        index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))
+    except RuntimeError:
         return None
-    return index
+    return index if index.ntotal == meta.get("ntotal") else None

@@ -180,11 +180,13 @@ def preprocess(spec: BackboneSpec, image: np.ndarray, max_size: int | None = Non
     image: (H, W, 3) uint8. Without `max_size`: the weights' own transform (resize the shorter side to
     `spec.resize_size`, centre crop `spec.input_size` square). With `max_size`: resize so that the longer side is
     `max_size` pixels (up or down), keeping the aspect ratio, no crop (retrieval style).
-    Returns (3, h, w) float32: (rgb / 255 - mean) / std.
+    Returns (3, h, w) float32: (rgb / 255 - mean) / std. Resizing the uint8 tensor matches PIL's resize (which
+    the weights were trained with) to within one grey level, closer than torchvision's float path on tensors.
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    # np.require copies only a non-contiguous or read-only array (torch warns on read-only memory)
+    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
     mode = TF.InterpolationMode(spec.interpolation)
     if max_size is None:
         x = TF.resize(x, [spec.resize_size], interpolation=mode, antialias=True)

@@ -364,8 +364,8 @@ class Engine:
             self.store.close()
             raise DatabaseError(f"{self.db} has no fitted codec yet: finish `retr index` first")
         self.encoder = Encoder(enc, device=device)
-        side = indexes.read_sidecar(self.db / INDEX_FILE)
-        cfg = index or (indexes.IndexConfig.from_dict(side["config"]) if side else indexes.IndexConfig())
+        saved = indexes.read_header(self.db / INDEX_FILE)
+        cfg = index or (indexes.IndexConfig.from_dict(saved["config"]) if saved else indexes.IndexConfig())
         self.index = _refresh_index(self.store, self.params, cfg)
         self.root = os.fsdecode(self.store.get_meta("root") or b"")
 
@@ -439,4 +439,4 @@ def info(db: str | os.PathLike) -> DatabaseInfo:
             encoder=enc.to_dict() if enc else {}, codec=params.config.to_dict() if params else {},
             codec_note=note, skipped=store.skipped(), features_kept=store.count("features"),
             root=os.fsdecode(store.get_meta("root") or b""), disk_bytes=store.disk_bytes(),
-            index=indexes.read_sidecar(Path(db) / INDEX_FILE))
+            index=indexes.read_header(Path(db) / INDEX_FILE))

@@ -267,6 +267,11 @@ class Store:
                 out.append(FileRecord.from_bytes(v).path if v is not None else "<deleted>")
             return out
 
+    def raw_items(self, name: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of one sub-database, from one snapshot (for ``retr check``)."""
+        with self.env.begin() as txn:
+            yield from txn.cursor(db=self._dbs[name])
+
     def skipped(self) -> dict[str, str]:
         with self.env.begin() as txn:
             return {os.fsdecode(k): v.decode() for k, v in txn.cursor(db=self._dbs["skipped"])}

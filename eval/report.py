@@ -1,0 +1,757 @@
+"""Presentation of a stress-test grid (``stress.GridResult``): CSV files, results.json, PNG plots, summary
+table and one self-contained HTML page. Nothing here computes a score; every number comes from the result.
+
+Files written by ``write_report(result, out_dir, dataset, backbone, manifest)``:
+  <exp>_<backbone>_<dataset>[_<metric>].csv   one per experiment and metric, in the formats of the paper's
+                                              published results (``dr-1_vgg-m_voc_2007.csv`` ...), each with
+                                              two extra columns ``Bytes per vector,Compression (%)``
+  results.json                                every number (``result.to_dict()``) plus the manifest
+  *.png                                       the figures (see ``write_plots``)
+  summary.csv, summary.md                     the paper's Table 3: smallest representation per loss budget
+  report.html                                 all of the above in one file, images as base64 data URIs
+
+CSV conventions (those of the reference files): header line, ``\\n`` line ends, integers for counts,
+``%.6f`` for every real number, rows by increasing dimensions / values / removed bits. The metric column is
+named ``mAP``, ``Acc`` or ``mAP (<protocol>)``; when a result has several metrics, each gets its own file
+with ``_<metric>`` appended to the name.
+
+DR-1 rows are the mean and the *sample* standard deviation (ddof=1) of the repetitions at each size. The
+paper's code is MATLAB, whose ``std`` divides by N-1 by default; the reference files cannot tell the two
+apart, but ddof=1 is also the unbiased choice for 10 random draws. A size measured once has SD 0.
+
+Scores are on the 0-100 scale the result carries; "relative" scores are 100 * score / baseline score.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import datetime
+import html
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .stress import GridResult, Point, summary_table
+
+RESULTS_VERSION = 1
+BUDGETS = (1, 2, 3, 4, 5)
+
+# Display names, file-name stems and one-line explanations of the experiments, in the order reports list
+# them. Variants of a family ("q1-quantile", "fc-quantile") are named from their family (the part before
+# the first "-") plus their suffix.
+_ORDER = ("identity", "dr1", "dr2", "q1", "q2", "qb64", "qb32", "fc", "pq", "opq")
+_LABELS = {
+    "identity": "Identity",
+    "dr1": "DR-1",
+    "dr2": "DR-2",
+    "q1": "Q-1",
+    "q2": "Q-2",
+    "qb64": "Q-B (float64)",
+    "qb32": "Q-B (float32)",
+    "fc": "FC",
+    "pq": "PQ",
+    "opq": "OPQ",
+}
+_STEMS = {"dr1": "dr-1", "dr2": "dr-2", "q1": "q-1", "q2": "q-2", "qb64": "q-b", "qb32": "q-b32"}
+_VARIANT_WORDS = {
+    "quantile": "the range of each quantizer is set by low/high quantiles of the training values instead "
+    "of their minimum and maximum, so a few outliers do not stretch the levels",
+    "sigma": "the range of each dimension is its mean ± a few standard deviations of the training values "
+    "instead of its minimum and maximum, so a few outliers do not stretch the levels",
+}
+_COLORS = {
+    "dr1": "C0",
+    "dr2": "C1",
+    "q1": "C0",
+    "q2": "C1",
+    "qb64": "C2",
+    "qb32": "C3",
+    "fc": "C4",
+    "pq": "C5",
+    "opq": "C6",
+}
+
+
+def _family(exp: str) -> str:
+    return exp.split("-", 1)[0]
+
+
+def _variant(exp: str) -> str | None:
+    parts = exp.split("-", 1)
+    return parts[1] if len(parts) == 2 else None
+
+
+def experiment_label(exp: str) -> str:
+    """Human name of an experiment: "q2-sigma" -> "Q-2 (sigma range)"."""
+    fam, var = _family(exp), _variant(exp)
+    base = _LABELS.get(fam, fam.upper())
+    return f"{base} ({var} range)" if var else base
+
+
+def _stem(exp: str) -> str:
+    fam, var = _family(exp), _variant(exp)
+    stem = _STEMS.get(fam, fam)
+    return f"{stem}-{var}" if var else stem
+
+
+def _experiments(result: GridResult) -> list[str]:
+    """Experiments present in the result: known ones in the paper's order, variants after their family,
+    unknown ones last in order of appearance."""
+    seen: list[str] = []
+    for p in result.points:
+        if p.experiment not in seen:
+            seen.append(p.experiment)
+
+    def key(exp: str) -> tuple[int, int, str]:
+        fam = _family(exp)
+        rank = _ORDER.index(fam) if fam in _ORDER else len(_ORDER)
+        return rank, seen.index(exp) if rank == len(_ORDER) else 0, exp
+
+    return sorted(seen, key=key)
+
+
+def _points(result: GridResult, exp: str) -> list[Point]:
+    return [p for p in result.points if p.experiment == exp]
+
+
+def metric_column(metric: str) -> str:
+    """Column name of a metric as in the reference CSVs: "map" -> "mAP", "accuracy" -> "Acc",
+    a retrieval protocol "medium" -> "mAP (medium)"; any other name is kept."""
+    names = {"map": "mAP", "accuracy": "Acc", "acc": "Acc"}
+    if metric.lower() in names:
+        return names[metric.lower()]
+    if metric.lower() in ("easy", "medium", "hard"):
+        return f"mAP ({metric.lower()})"
+    return metric
+
+
+def _f6(x: float) -> str:
+    return f"{float(x):.6f}"
+
+
+def _int(x: int | None) -> str:
+    return "" if x is None else str(int(x))
+
+
+def _pct_dims(dims: int, n: int) -> float:
+    return 100.0 * dims / n
+
+
+def _pct_label(dims: int, n: int) -> str:
+    # One decimal: the paper's sizes floor(n * k / 20) are read as the 5 % steps they stand for (204 of
+    # 4096 is "5%", not "4.98%").
+    return f"{round(_pct_dims(dims, n), 1):g}%"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables (shared by the CSVs and the HTML page)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dr1Row:
+    dims: int
+    mean: dict[str, float]
+    sd: dict[str, float]
+    reps: int
+    bytes_per_vector: float
+    compression: float
+
+
+def dr1_rows(result: GridResult, exp: str = "dr1") -> list[_Dr1Row]:
+    """DR-1 aggregated over repetitions: one row per kept size, by increasing dimensions.
+
+    mean and sd map each metric to the mean and the sample SD (ddof=1; 0 for a single repetition) of the
+    repetitions' scores (0-100 scale).
+    """
+    by_dims: dict[int, list[Point]] = {}
+    for p in _points(result, exp):
+        by_dims.setdefault(int(p.dims), []).append(p)
+    rows = []
+    for d in sorted(by_dims):
+        ps = by_dims[d]
+        mean, sd = {}, {}
+        for m in result.metric_names:
+            s = np.array([p.scores[m] for p in ps], dtype=np.float64)
+            mean[m] = float(s.mean())
+            sd[m] = float(s.std(ddof=1)) if len(s) > 1 else 0.0
+        rows.append(_Dr1Row(d, mean, sd, len(ps), float(ps[0].bytes_per_vector), float(ps[0].compression)))
+    return rows
+
+
+def _key_columns(exp: str) -> list[str]:
+    fam = _family(exp)
+    if fam == "dr1":
+        return ["Dimensions"]
+    if fam == "dr2":
+        return ["Layer", "Dimensions"]
+    if fam in ("q1", "q2"):
+        return ["Layer", "Values"]
+    if fam.startswith("qb"):
+        return ["Layer", "Removed Bits"]
+    return ["Layer", "Dimensions", "Values"]
+
+
+def _sort_key(p: Point) -> tuple:
+    return (int(p.dims), p.levels or 0, p.removed_bits or 0, p.bytes_per_vector, p.rep or 0)
+
+
+def experiment_table(
+    result: GridResult, exp: str, metrics: Sequence[str]
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (as formatted strings) of one experiment for the given metrics, in the reference
+    CSV format plus ``Bytes per vector,Compression (%)``. DR-1 rows are aggregated over repetitions."""
+    keys = _key_columns(exp)
+    extra = ["Bytes per vector", "Compression (%)"]
+    if _family(exp) == "dr1":
+        header = keys + [c for m in metrics for c in (metric_column(m), "SD " + metric_column(m))] + extra
+        rows = [
+            [str(r.dims)]
+            + [v for m in metrics for v in (_f6(r.mean[m]), _f6(r.sd[m]))]
+            + [_f6(r.bytes_per_vector), _f6(100 * r.compression)]
+            for r in dr1_rows(result, exp)
+        ]
+        return header, rows
+    header = keys + [metric_column(m) for m in metrics] + extra
+    cells = {
+        "Layer": lambda p: str(result.layer),
+        "Dimensions": lambda p: _int(p.dims),
+        "Values": lambda p: _int(p.levels),
+        "Removed Bits": lambda p: _int(p.removed_bits),
+    }
+    rows = [
+        [cells[k](p) for k in keys]
+        + [_f6(p.scores[m]) for m in metrics]
+        + [_f6(p.bytes_per_vector), _f6(100 * p.compression)]
+        for p in sorted(_points(result, exp), key=_sort_key)
+    ]
+    return header, rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing files
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    """Atomic write: a reader never sees a half-written report file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _csv_text(header: list[str], rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def write_csvs(result: GridResult, out_dir: str | Path, dataset: str, backbone: str) -> list[Path]:
+    """One CSV per experiment (except "identity", whose score is the baseline) and metric.
+
+    Names follow the reference files: ``dr-1_<backbone>_<dataset>.csv``, ``dr-2_``, ``q-1_``, ``q-2_``,
+    ``q-b_`` (float64), ``q-b32_`` (float32), ``fc_``, variants as ``q-1-quantile_``, ``pq_``...;
+    ``_<metric>`` is appended when the result has more than one metric. Returns the paths written.
+    """
+    out_dir = Path(out_dir)
+    paths = []
+    multi = len(result.metric_names) > 1
+    for exp in _experiments(result):
+        if exp == "identity":
+            continue
+        for m in result.metric_names:
+            name = f"{_stem(exp)}_{_safe(backbone)}_{_safe(dataset)}" + (f"_{_safe(m)}" if multi else "")
+            header, rows = experiment_table(result, exp, [m])
+            paths.append(_write_bytes(out_dir / f"{name}.csv", _csv_text(header, rows).encode()))
+    return paths
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def write_json(result: GridResult, out_dir: str | Path, manifest: dict) -> Path:
+    """``results.json``: {"version": 1, "result": result.to_dict(), "manifest": manifest}.
+
+    Read it back with ``GridResult.from_dict(json.load(f)["result"])``. Undefined scores are written as
+    NaN (Python's json reads them back; strict JSON parsers do not).
+    """
+    doc = {"version": RESULTS_VERSION, "result": result.to_dict(), "manifest": manifest}
+    text = json.dumps(doc, indent=2, default=_json_default)
+    return _write_bytes(Path(out_dir) / "results.json", text.encode())
+
+
+def _version(*dists: str) -> str | None:
+    """Installed version of the first distribution found among ``dists`` (None if none is installed)."""
+    for d in dists:
+        try:
+            return importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def build_manifest(**extra: Any) -> dict:
+    """Reproducibility manifest: package versions (read from installed metadata, nothing is imported),
+    Python, platform and UTC date, plus ``extra`` (backbone, weights, layer, dataset fingerprint, seeds,
+    wall time ...), whose keys win over the defaults."""
+    manifest = {
+        "versions": {
+            "retr": _version("retr"),
+            "torch": _version("torch"),
+            "torchvision": _version("torchvision"),
+            "faiss": _version("faiss-gpu", "faiss-cpu", "faiss", "faiss-gpu-cu12", "faiss-gpu-cu11"),
+            "numpy": _version("numpy"),
+            "matplotlib": _version("matplotlib"),
+            "python": platform.python_version(),
+        },
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    manifest.update(extra)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summary (the paper's Table 3)
+
+
+def format_representation(result: GridResult, p: Point | None) -> str:
+    """Cell of the summary table: "10% dims", "4 values", "52 bits removed", "32 B (409 dims, 2 values)";
+    "" when no point keeps the budget."""
+    if p is None:
+        return ""
+    fam = _family(p.experiment)
+    if fam in ("dr1", "dr2"):
+        return f"{_pct_label(p.dims, result.n)} dims"
+    if fam in ("q1", "q2"):
+        return f"{p.levels} values"
+    if fam.startswith("qb"):
+        return f"{p.removed_bits} bits removed"
+    if fam == "fc":
+        return f"{p.bytes_per_vector:g} B ({p.dims} dims, {p.levels} values)"
+    return f"{p.bytes_per_vector:g} B"
+
+
+def summary_rows(result: GridResult, budgets: Sequence[int] = BUDGETS) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary: for each metric and experiment, the original score and, for each
+    loss budget b (% of the original score), the smallest representation that loses at most b %."""
+    header = ["Metric", "Experiment", "Original score"] + [f"Max loss {b}%" for b in budgets]
+    rows = []
+    for m in result.metric_names:
+        table = summary_table(result, m, budgets=tuple(budgets))
+        for exp in _experiments(result):
+            if exp not in table:
+                continue
+            rows.append(
+                [metric_column(m), experiment_label(exp), _f6(result.baseline[m])]
+                + [format_representation(result, table[exp].get(b)) for b in budgets]
+            )
+    return header, rows
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c if c else "–" for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(result: GridResult, out_dir: str | Path, budgets: Sequence[int] = BUDGETS) -> list[Path]:
+    """``summary.csv`` (empty cell: no point keeps the budget) and ``summary.md`` (shown as "–")."""
+    out_dir = Path(out_dir)
+    header, rows = summary_rows(result, budgets)
+    md = (
+        "Smallest representation that loses at most the given percentage of the original score "
+        f"(layer {result.layer}, {result.n} dimensions).\n\n" + _markdown(header, rows)
+    )
+    return [
+        _write_bytes(out_dir / "summary.csv", _csv_text(header, rows).encode()),
+        _write_bytes(out_dir / "summary.md", md.encode()),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _figure(n_panels: int, width: float = 5.0, height: float = 3.8):
+    # The object-oriented Figure renders with Agg without touching pyplot's global state or the caller's
+    # backend, so plotting works headless and inside notebooks alike.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * n_panels, height), layout="constrained")
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return _write_bytes(path, buf.getvalue())
+
+
+def _baseline_line(ax, y: float, label: str = "original") -> None:
+    ax.axhline(y, color="0.4", linestyle=":", linewidth=1, label=label)
+
+
+def _plot_dr(result: GridResult, exps: list[str], relative: bool, title: str, path: Path) -> Path:
+    ms = result.metric_names
+    fig, axes = _figure(len(ms))
+    for ax, m in zip(axes, ms):
+        base = result.baseline[m]
+        scale = 100.0 / base if relative else 1.0
+        for exp in exps:
+            color = _COLORS.get(_family(exp))
+            if _family(exp) == "dr1":
+                rows = dr1_rows(result, exp)
+                x = np.array([_pct_dims(r.dims, result.n) for r in rows])
+                y = np.array([r.mean[m] for r in rows]) * scale
+                sd = np.array([r.sd[m] for r in rows]) * scale
+                ax.plot(x, y, marker=".", color=color, label=f"{experiment_label(exp)} (mean ± SD)")
+                ax.fill_between(x, y - sd, y + sd, color=color, alpha=0.25, linewidth=0)
+            else:
+                ps = sorted(_points(result, exp), key=_sort_key)
+                x = np.array([_pct_dims(p.dims, result.n) for p in ps])
+                y = np.array([p.scores[m] for p in ps]) * scale
+                ax.plot(x, y, marker=".", color=color, label=experiment_label(exp))
+        _baseline_line(ax, 100.0 if relative else base)
+        ax.set_xlabel(f"dimensions kept (% of {result.n})")
+        ax.set_ylabel(f"% of original {metric_column(m)}" if relative else metric_column(m))
+        ax.set_title(f"{metric_column(m)}, relative to the original" if relative else metric_column(m))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _plot_lines(result: GridResult, exps: list[str], xattr: str, xlabel: str, title: str, path: Path) -> Path:
+    """Score against one integer attribute of the points (levels or removed_bits); variants dashed."""
+    ms = result.metric_names
+    fig, axes = _figure(len(ms))
+    for ax, m in zip(axes, ms):
+        for exp in exps:
+            ps = sorted(_points(result, exp), key=lambda p: getattr(p, xattr))
+            ax.plot(
+                [getattr(p, xattr) for p in ps],
+                [p.scores[m] for p in ps],
+                marker=".",
+                color=_COLORS.get(_family(exp)),
+                linestyle="--" if _variant(exp) else "-",
+                label=experiment_label(exp),
+            )
+        _baseline_line(ax, result.baseline[m])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric_column(m))
+        ax.set_title(metric_column(m))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _plot_heatmap(result: GridResult, exp: str, m: str, title: str, path: Path) -> Path:
+    ps = _points(result, exp)
+    dims = sorted({int(p.dims) for p in ps})
+    levels = sorted({int(p.levels) for p in ps})
+    score = np.full((len(dims), len(levels)), np.nan)
+    nbytes = np.full((len(dims), len(levels)), np.nan)
+    for p in ps:
+        i, j = dims.index(int(p.dims)), levels.index(int(p.levels))
+        score[i, j], nbytes[i, j] = p.scores[m], p.bytes_per_vector
+    fig, axes = _figure(1, width=max(6.0, 0.55 * len(levels) + 2.5), height=max(4.0, 0.45 * len(dims) + 1.8))
+    ax = axes[0]
+    im = ax.imshow(np.ma.masked_invalid(score), origin="lower", aspect="auto", cmap="viridis")
+    fig.colorbar(im, ax=ax, label=metric_column(m))
+    # Annotate every cell with its size; the font shrinks with the grid so labels stay inside their cells.
+    fs = max(5.5, min(9.0, 160.0 / max(len(levels), len(dims))))
+    lo, hi = np.nanmin(score), np.nanmax(score)
+    for i in range(len(dims)):
+        for j in range(len(levels)):
+            if np.isnan(nbytes[i, j]):
+                continue
+            dark = hi > lo and (score[i, j] - lo) / (hi - lo) < 0.5
+            b = nbytes[i, j]
+            ax.text(
+                j,
+                i,
+                f"{b:.0f}" if b >= 100 else f"{b:.3g}",
+                ha="center",
+                va="center",
+                fontsize=fs,
+                color="white" if dark else "black",
+            )
+    ax.set_xticks(range(len(levels)), [str(h) for h in levels])
+    ax.set_yticks(range(len(dims)), [f"{d} ({_pct_label(d, result.n)})" for d in dims])
+    ax.set_xlabel("values per dimension (h)")
+    ax.set_ylabel("dimensions kept")
+    ax.set_title(f"{experiment_label(exp)}: {metric_column(m)} (cells: bytes per vector)")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _pareto(b: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best score reachable with at most each size: the points no smaller point beats."""
+    order = np.lexsort((-s, b))
+    keep, best = [], -np.inf
+    for k in order:
+        if s[k] > best:
+            keep.append(k)
+            best = s[k]
+    return b[keep], s[keep]
+
+
+def _plot_bytes(result: GridResult, exps: list[str], title: str, path: Path) -> Path:
+    ms = result.metric_names
+    fig, axes = _figure(len(ms))
+    for ax, m in zip(axes, ms):
+        for exp in exps:
+            ps = _points(result, exp)
+            b = np.array([p.bytes_per_vector for p in ps], dtype=np.float64)
+            s = np.array([p.scores[m] for p in ps], dtype=np.float64)
+            color = _COLORS.get(_family(exp))
+            ls = "--" if _variant(exp) else "-"
+            ax.scatter(b, s, s=8, color=color, alpha=0.3, linewidths=0)
+            fb, fs = _pareto(b, s)
+            ax.plot(
+                fb,
+                fs,
+                marker=".",
+                color=color,
+                linestyle=ls,
+                label=f"{experiment_label(exp)} (best per size)",
+            )
+        ax.plot(
+            [4 * result.n],
+            [result.baseline[m]],
+            marker="*",
+            markersize=12,
+            color="k",
+            linestyle="none",
+            label=f"original float32 ({4 * result.n} B)",
+        )
+        _baseline_line(ax, result.baseline[m], label="original score")
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per vector (log scale)")
+        ax.set_ylabel(metric_column(m))
+        ax.set_title(f"{metric_column(m)} per byte")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Path]:
+    """PNG figures for the experiments present (one panel per metric):
+
+    dr_absolute.png, dr_relative.png   score (absolute / % of the original) vs % of dimensions kept:
+                                       DR-1 mean with a ±SD band, DR-2 line (the paper's Fig. 2)
+    q_levels.png                       score vs values per dimension h: Q-1, Q-2, variants dashed (Fig. 4)
+    q_bits.png                         score vs removed bits, Q-B float64 and float32
+    <fc...>_heatmap[_<metric>].png     FC score over dimensions x values, cells show bytes per vector (Fig. 5)
+    bytes.png                          score vs bytes per vector, log x: FC, PQ, OPQ (best per size as a line)
+    """
+    out_dir = Path(out_dir)
+    exps = [e for e in _experiments(result) if e != "identity"]
+    paths = []
+    dr = [e for e in exps if _family(e) in ("dr1", "dr2")]
+    if dr:
+        paths.append(_plot_dr(result, dr, False, title, out_dir / "dr_absolute.png"))
+        paths.append(_plot_dr(result, dr, True, title, out_dir / "dr_relative.png"))
+    q = [e for e in exps if _family(e) in ("q1", "q2")]
+    if q:
+        paths.append(
+            _plot_lines(result, q, "levels", "values per dimension (h)", title, out_dir / "q_levels.png")
+        )
+    qb = [e for e in exps if _family(e).startswith("qb")]
+    if qb:
+        paths.append(
+            _plot_lines(
+                result, qb, "removed_bits", "least significant bits removed", title, out_dir / "q_bits.png"
+            )
+        )
+    multi = len(result.metric_names) > 1
+    for exp in (e for e in exps if _family(e) == "fc"):
+        for m in result.metric_names:
+            name = f"{_stem(exp)}_heatmap" + (f"_{_safe(m)}" if multi else "")
+            paths.append(_plot_heatmap(result, exp, m, title, out_dir / f"{name}.png"))
+    by_size = [e for e in exps if _family(e) in ("fc", "pq", "opq")]
+    if by_size:
+        paths.append(_plot_bytes(result, by_size, title, out_dir / "bytes.png"))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTML
+
+
+def _explanation(exp: str, n: int) -> str:
+    """What an experiment does, in plain words, with the compression it implies for n dimensions."""
+    fam, var = _family(exp), _variant(exp)
+    full = 4 * n
+    text = {
+        "identity": f"The descriptors as extracted: {n} float32 values, {full} bytes per vector. Its score is "
+        "the original score every other experiment is compared with.",
+        "dr1": "Dimensionality reduction, random: keep p of the n dimensions chosen at random and drop the "
+        "others; repeated with several random draws (the plots show mean ± standard deviation). A vector "
+        f"keeps p float32 values, 4p bytes instead of {full}: keeping 10% of the dimensions is 90% smaller.",
+        "dr2": "Dimensionality reduction, PCA: rotate the descriptors onto their principal axes (learned on "
+        "the training set) and keep the p axes with the most variance. Also 4p bytes per vector, but the "
+        "dimensions dropped are the least informative ones, so the score falls much more slowly than DR-1.",
+        "q1": "Quantization with one dictionary: every value, in every dimension, is replaced by the nearest "
+        "of h evenly spaced levels between the smallest and largest value seen in training. A value then "
+        "needs about log2(h) bits instead of 32: 4 levels = 2 bits, 94% smaller.",
+        "q2": "Quantization with one dictionary per dimension: like Q-1, but each dimension gets its own h "
+        "levels between its own minimum and maximum, so dimensions with small ranges keep their precision. "
+        "Same size as Q-1: about log2(h) bits per value.",
+        "qb64": "Bit removal on float64: the descriptors are stored as 64-bit floats and the given number of "
+        "least significant bits of each value is set to zero. While the cut stays within the 52 mantissa "
+        "bits the score barely moves; once it reaches the exponent it collapses. Removing b bits leaves "
+        "64 - b bits per value.",
+        "qb32": "Bit removal on float32: as Q-B float64, on 32-bit floats (23 mantissa bits); removing b "
+        "bits leaves 32 - b bits per value.",
+        "fc": "Feature compression: DR-2 and Q-2 at once — keep the p principal components, then quantize "
+        "each to h levels. A vector takes about p·log2(h) bits: the heat map shows the score of each "
+        "(p, h) pair and the bytes it costs.",
+        "pq": "Product quantization (Faiss): the vector is cut into M sub-vectors and each is replaced by the "
+        "index of its nearest centroid among 2^b learned ones, so a vector costs M·b/8 bytes whatever n is.",
+        "opq": "Optimized product quantization: PQ after a learned rotation that spreads the variance evenly "
+        "over the sub-vectors; same size as PQ, usually a better score.",
+    }.get(fam, f"Experiment {exp}.")
+    if var:
+        words = _VARIANT_WORDS.get(var, f"the range of the levels is set by the '{var}' rule")
+        return f"As {_LABELS.get(fam, fam.upper())}, but {words}."
+    return text
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c) if c else '–'}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
+th,td{border:1px solid #ccc;padding:2px 7px;text-align:right}
+th{background:#f2f2f2}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:.8em}
+details{margin:.4em 0}
+"""
+
+
+def write_html(
+    result: GridResult, out_dir: str | Path, manifest: dict, title: str, plots: Sequence[str | Path]
+) -> Path:
+    """``report.html``: one file with no external resource (PNGs as base64 data URIs, CSS inline):
+    original scores, what each experiment means, the figures, the summary table, every number per
+    experiment (collapsed) and the manifest at the bottom."""
+    esc = html.escape
+    exps = _experiments(result)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>Descriptors from layer <b>{esc(str(result.layer))}</b>, {result.n} dimensions "
+        f"({4 * result.n} bytes per vector as float32). Scores are on a 0–100 scale; each experiment "
+        "stresses the descriptors and measures the score again.</p>",
+        "<h2>Original scores</h2>",
+        _html_table(
+            [metric_column(m) for m in result.metric_names],
+            [[_f6(result.baseline[m]) for m in result.metric_names]],
+        ),
+        "<h2>Experiments</h2><dl>",
+    ]
+    for exp in exps:
+        parts.append(
+            f"<dt><b>{esc(experiment_label(exp))}</b></dt><dd>{esc(_explanation(exp, result.n))}</dd>"
+        )
+    parts.append("</dl>")
+    if plots:
+        parts.append("<h2>Figures</h2>")
+        for p in plots:
+            data = base64.b64encode(Path(p).read_bytes()).decode("ascii")
+            parts.append(
+                f'<figure><img alt="{esc(Path(p).stem)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{esc(Path(p).name)}</figcaption></figure>"
+            )
+    header, rows = summary_rows(result)
+    parts += [
+        "<h2>Smallest representation per loss budget</h2>",
+        "<p>For each experiment, the smallest setting that loses at most the given percentage of the "
+        "original score (the paper's Table 3); – when none does.</p>",
+        _html_table(header, rows),
+        "<h2>All results</h2>",
+    ]
+    for exp in exps:
+        if exp == "identity":
+            continue
+        h, r = experiment_table(result, exp, result.metric_names)
+        parts.append(
+            f"<details><summary>{esc(experiment_label(exp))} ({len(r)} rows)</summary>"
+            f"{_html_table(h, r)}</details>"
+        )
+    parts += [
+        "<h2>Settings</h2>",
+        f"<pre>{esc(json.dumps(result.settings, indent=2, default=_json_default))}</pre>",
+        "<h2>Manifest</h2>",
+        f"<pre>{esc(json.dumps(manifest, indent=2, default=_json_default))}</pre>",
+        "</body></html>",
+    ]
+    return _write_bytes(Path(out_dir) / "report.html", "\n".join(parts).encode("utf-8"))
+
+
+def write_report(
+    result: GridResult,
+    out_dir: str | Path,
+    dataset: str,
+    backbone: str,
+    manifest: dict,
+    title: str | None = None,
+) -> dict[str, list[Path] | Path]:
+    """Write every file of the report into ``out_dir`` (created if needed).
+
+    Returns {"csv": [...], "json": Path, "plots": [...], "summary": [csv, md], "html": Path}.
+    """
+    out_dir = Path(out_dir)
+    title = title or f"Stress tests: {backbone} on {dataset}, layer {result.layer}"
+    plots = write_plots(result, out_dir, title)
+    return {
+        "csv": write_csvs(result, out_dir, dataset, backbone),
+        "json": write_json(result, out_dir, manifest),
+        "plots": plots,
+        "summary": write_summary(result, out_dir),
+        "html": write_html(result, out_dir, manifest, title, plots),
+    }

@@ -1,0 +1,233 @@
+"""One-vs-rest linear SVMs, as in the paper: LIBLINEAR's L2-regularised L2-loss SVM with C = 1.
+
+Each class c gets its own binary problem over the training examples whose label is not 0:
+
+    min_w  0.5 ||w||^2 + C sum_i max(0, 1 - y_i w . [x_i, 1])^2          w = [W_c, b_c]
+
+The bias is LIBLINEAR's: a constant feature 1 appended to every x, its weight regularised like the others
+(scikit-learn's LinearSVC with intercept_scaling=1 does the same). Two solvers reach that optimum:
+
+- "sklearn": LinearSVC (which is LIBLINEAR), one class at a time. The reference.
+- "torch": all classes at once by a truncated Newton method: conjugate gradients with Hessian-vector
+  products and a diagonal preconditioner (as LIBLINEAR's primal solver), then an Armijo line search, in
+  float64, until the gradient norm falls below `tol` times its initial value. It matches the reference mAP
+  to well under 0.1 point and is the default: on 2 CPU cores and VOC-sized problems it is several times
+  faster than LinearSVC (tests/test_svm.py checks the match; the module's README numbers give the speed).
+
+Label 0 (VOC "difficult") leaves the example out of that class's training, the usual VOC practice (the
+devkit ignores such examples when scoring, and metrics.voc_map does too).
+
+Legend: n examples, d feature dimensions, C classes (`c` in code, the regularisation constant is `cost`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..retrieval.errors import ConfigError, DatasetError
+from .metrics import accuracy, voc_map
+
+SOLVERS = ("torch", "sklearn")
+DEFAULT_SOLVER = "torch"
+
+
+@dataclass(frozen=True, eq=False)
+class LinearModel:
+    """C linear scorers: score(x) = x @ W.T + b. W (C, d) float64, b (C,) float64."""
+
+    W: np.ndarray
+    b: np.ndarray
+
+
+def _check(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"x must be (n, d) and y (n, C) with the same n, got {x.shape} and {y.shape}")
+    if not np.isin(y, (-1, 0, 1)).all():
+        raise ValueError("labels must be 1 (positive), -1 (negative) or 0 (difficult, left out)")
+    if not np.isfinite(x).all():
+        raise ValueError("features contain NaN or inf")
+    for c in range(y.shape[1]):
+        if not ((y[:, c] == 1).any() and (y[:, c] == -1).any()):
+            raise DatasetError(
+                f"class {c} has no positive or no negative training example; drop the class or add examples"
+            )
+    return x, y
+
+
+def train_ovr(
+    x: np.ndarray,
+    y: np.ndarray,
+    C: float = 1.0,
+    solver: str = DEFAULT_SOLVER,
+    device: str = "cpu",
+    tol: float = 1e-6,
+) -> LinearModel:
+    """Train one L2-loss linear SVM per class (module doc).
+
+    x: (n, d) float features (the paper L2-normalises them first; this function takes them as they are);
+    y: (n, C) int labels in {1, -1, 0}, 0 = left out of that class's training; C: regularisation constant;
+    solver: "torch" (batched Newton, any torch `device`) or "sklearn" (LinearSVC, CPU); tol: the torch
+    solver's relative gradient-norm tolerance. Raises DatasetError when a class lacks positives or negatives.
+    """
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown SVM solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    if not C > 0:
+        raise ConfigError(f"the SVM constant C must be positive, not {C!r}")
+    x, y = _check(x, y)
+    if solver == "sklearn":
+        return _train_sklearn(x, y, C)
+    return _train_torch(x, y, C, device, tol)
+
+
+def _train_sklearn(x: np.ndarray, y: np.ndarray, cost: float) -> LinearModel:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
+    n_cls, d = y.shape[1], x.shape[1]
+    W, b = np.zeros((n_cls, d)), np.zeros(n_cls)
+    for c in range(n_cls):
+        keep = y[:, c] != 0
+        svm = LinearSVC(
+            C=cost, loss="squared_hinge", penalty="l2", dual="auto", tol=1e-5, max_iter=100_000,
+            fit_intercept=True, intercept_scaling=1.0, random_state=0,
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            # the iteration cap is far above what these problems need; a warning would only be noise
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            svm.fit(x[keep].astype(np.float64), y[keep, c])
+        # LinearSVC orders classes [-1, 1], so positive scores mean class +1
+        W[c], b[c] = svm.coef_[0], svm.intercept_[0]
+    return LinearModel(W=W, b=b)
+
+
+def _train_torch(x: np.ndarray, y: np.ndarray, cost: float, device: str, tol: float) -> LinearModel:
+    import torch
+
+    dev = torch.device(device)
+    f64 = torch.float64
+    n, d = x.shape
+    # the bias as a constant feature 1 (LIBLINEAR's bias handling: its weight is regularised)
+    X = torch.ones((n, d + 1), dtype=f64, device=dev)
+    X[:, :d] = torch.as_tensor(np.asarray(x), device=dev).to(f64)
+    Y = torch.as_tensor(y.astype(np.float64), device=dev)  # (n, C), 0 = left out
+    W = torch.zeros((y.shape[1], d + 1), dtype=f64, device=dev)
+    X2 = X * X
+    two_c = 2.0 * cost
+
+    def loss_terms(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hinge residuals r = max(0, 1 - y z) (n, C) (0 where left out) and the active mask."""
+        r = torch.clamp(1.0 - Y * Z, min=0.0) * (Y != 0)
+        return r, r > 0
+
+    Z = X @ W.T
+    r, act = loss_terms(Z)
+    f = 0.5 * (W * W).sum(1) + cost * (r * r).sum(0)
+    G = W - two_c * (Y * r).T @ X
+    g0 = G.norm(dim=1)
+    for _ in range(200):
+        gn = G.norm(dim=1)
+        todo = gn > tol * g0
+        if not todo.any():
+            break
+        D = act.to(f64)
+        # Jacobi preconditioner: the Hessian's diagonal 1 + 2C sum_active x_ij^2 (the bias column
+        # dominates it, which is what makes plain CG slow here)
+        M = 1.0 + two_c * D.T @ X2
+
+        def hess(V: torch.Tensor) -> torch.Tensor:
+            return V + two_c * (D * (X @ V.T)).T @ X
+
+        S = _pcg(hess, -G, M, tol_rel=0.1, todo=todo)
+        Zs = X @ S.T
+        gs = (G * S).sum(1)
+        ww, ws, ss = (W * W).sum(1), (W * S).sum(1), (S * S).sum(1)
+        t = torch.ones_like(gs)
+        # Armijo backtracking, per class; the objective along S is cheap given Zs
+        for _ in range(30):
+            rt, _ = loss_terms(Z + t * Zs)
+            ft = 0.5 * (ww + 2 * t * ws + t * t * ss) + cost * (rt * rt).sum(0)
+            ok = ft <= f + 1e-4 * t * gs
+            if ok.all():
+                break
+            t = torch.where(ok, t, 0.5 * t)
+        t = torch.where(todo, t, torch.zeros_like(t))
+        W = W + t[:, None] * S
+        Z = Z + t * Zs
+        r, act = loss_terms(Z)
+        f = 0.5 * (W * W).sum(1) + cost * (r * r).sum(0)
+        G = W - two_c * (Y * r).T @ X
+    Wn = W.cpu().numpy()
+    return LinearModel(W=Wn[:, :d].copy(), b=Wn[:, d].copy())
+
+
+def _pcg(hess, B, M, tol_rel: float, todo, max_iter: int = 500):
+    """Preconditioned conjugate gradients for H_c s_c = B_c, every row c at once.
+
+    hess: V (C, d) -> H V row-wise; B (C, d); M (C, d) diagonal preconditioner; a row stops when its
+    residual norm is below tol_rel times ||B_c|| (the truncated Newton forcing term), or is not in `todo`.
+    """
+    import torch
+
+    S = torch.zeros_like(B)
+    R = B.clone()
+    Zr = R / M
+    P = Zr.clone()
+    rz = (R * Zr).sum(1)
+    stop = tol_rel * B.norm(dim=1)
+    live = todo.clone()
+    for _ in range(max_iter):
+        live &= R.norm(dim=1) > stop
+        if not live.any():
+            break
+        HP = hess(P)
+        php = (P * HP).sum(1)
+        alpha = torch.where(live, rz / torch.where(php > 0, php, torch.ones_like(php)), torch.zeros_like(rz))
+        S = S + alpha[:, None] * P
+        R = R - alpha[:, None] * HP
+        Zr = R / M
+        rz_new = (R * Zr).sum(1)
+        beta = torch.where(live, rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))
+        P = torch.where(live[:, None], Zr + beta[:, None] * P, P)
+        rz = torch.where(live, rz_new, rz)
+    return S
+
+
+def decision(model: LinearModel, x: np.ndarray) -> np.ndarray:
+    """Scores (n, C) float64 = x @ W.T + b for features x (n, d)."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != model.W.shape[1]:
+        raise ValueError(f"x must be (n, {model.W.shape[1]}), got {x.shape}")
+    return x.astype(np.float64) @ model.W.T + model.b
+
+
+def evaluate_classification(
+    xtr: np.ndarray,
+    ytr: np.ndarray,
+    xte: np.ndarray,
+    yte: np.ndarray,
+    metric: str = "map",
+    solver: str = DEFAULT_SOLVER,
+    C: float = 1.0,
+    device: str = "cpu",
+) -> float:
+    """Train on (xtr, ytr), score xte, return the metric in percent (0-100, the paper's scale).
+
+    xtr (n, d), xte (m, d) float features (already stressed and L2-normalised by the caller, e.g.
+    stress.run_grid); ytr (n, C), yte (m, C) int labels in {1, -1, 0}. metric "map": VOC 2007 11-point
+    mean AP over classes (difficult test examples ignored); "accuracy": single-label sets, the argmax of
+    the scores against the class labelled 1 in each test row.
+    """
+    if metric not in ("map", "accuracy"):
+        raise ConfigError(f"unknown classification metric {metric!r}; use map or accuracy")
+    yte = np.asarray(yte)
+    if metric == "accuracy" and not ((yte == 1).sum(1) == 1).all():
+        raise DatasetError("accuracy needs exactly one positive label per test example; use metric map")
+    scores = decision(train_ovr(xtr, ytr, C=C, solver=solver, device=device), xte)
+    if metric == "map":
+        return 100.0 * voc_map(scores, yte, method="11point")[0]
+    return 100.0 * accuracy(scores.argmax(1), yte.argmax(1))

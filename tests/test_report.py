@@ -1,0 +1,283 @@
+"""Report layer: CSV formats of the paper's published results, results.json round trip, PNGs, HTML.
+
+The grid is hand-made (n = 8 dimensions, baseline 80) so every number in the files is known in advance.
+"""
+
+import base64
+import csv
+import json
+import math
+import platform
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retr.eval import report
+from retr.eval.stress import GridResult, Point
+
+N = 8
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EXTRA = ["Bytes per vector", "Compression (%)"]
+# Header lines of the paper's published CSVs (DNNsUnderStress supplementary results); checked against the
+# files themselves below when they are available.
+REF_DIR = Path("/work/shared/reference/dnn-under-stress-results")
+REF_HEADERS = {
+    "dr-1_vgg-m_voc_2007.csv": ["Dimensions", "mAP", "SD mAP"],
+    "dr-1_vgg-m_food-101.csv": ["Dimensions", "Acc", "SD Acc"],
+    "dr-2_vgg-m_voc_2007.csv": ["Layer", "Dimensions", "mAP"],
+    "q-1_vgg-m_voc_2007.csv": ["Layer", "Values", "mAP"],
+    "q-2_vgg-m_voc_2007.csv": ["Layer", "Values", "mAP"],
+    "q-b_vgg-m_voc_2007.csv": ["Layer", "Removed Bits", "mAP"],
+    "q-b_vgg-m_food-101.csv": ["Layer", "Removed Bits", "Acc"],
+    "fc_vgg-m_voc_2007.csv": ["Layer", "Dimensions", "Values", "mAP"],
+}
+
+
+def pt(exp, dims, score, nbytes, levels=None, removed_bits=None, rep=None, metrics=("map",)):
+    scores = score if isinstance(score, dict) else {m: float(score) for m in metrics}
+    return Point(
+        experiment=exp,
+        dims=dims,
+        levels=levels,
+        removed_bits=removed_bits,
+        rep=rep,
+        scores=scores,
+        bytes_per_vector=float(nbytes),
+        compression=1.0 - nbytes / (4 * N),
+    )
+
+
+def make_result(metric="map"):
+    """Every experiment of the paper plus variants, PQ and OPQ; bytes as the codec would pack them."""
+    m = (metric,)
+    bits = {2: 1, 4: 2, 8: 3}
+    points = [pt("identity", N, 80.0, 4 * N, metrics=m)]
+    # DR-1: two repetitions per size, listed out of order to check the sorting.
+    for dims, reps in ((8, (80.0, 80.0)), (2, (70.0, 72.0)), (4, (76.0, 77.0))):
+        points += [pt("dr1", dims, s, 4 * dims, rep=r, metrics=m) for r, s in enumerate(reps)]
+    points += [pt("dr2", d, s, 4 * d, metrics=m) for d, s in ((4, 78.0), (2, 75.0), (8, 80.0))]
+    points += [
+        pt("q1", N, s, N * bits[h] / 8, levels=h, metrics=m) for h, s in ((2, 40.0), (4, 70.0), (8, 79.0))
+    ]
+    points += [
+        pt("q2", N, s, N * bits[h] / 8, levels=h, metrics=m) for h, s in ((2, 75.0), (4, 78.5), (8, 80.0))
+    ]
+    points += [
+        pt("q1-quantile", N, s, N * bits[h] / 8, levels=h, metrics=m)
+        for h, s in ((2, 60.0), (4, 77.0), (8, 79.5))
+    ]
+    points += [
+        pt("qb64", N, s, N * (64 - b) / 8, removed_bits=b, metrics=m)
+        for b, s in ((0, 80.0), (52, 79.9), (60, 10.0))
+    ]
+    points += [
+        pt("qb32", N, s, N * (32 - b) / 8, removed_bits=b, metrics=m)
+        for b, s in ((0, 80.0), (20, 79.0), (30, 9.0))
+    ]
+    points += [
+        pt("fc", d, s, d * bits[h] / 8, levels=h, metrics=m)
+        for (d, h), s in {(2, 2): 60.0, (2, 4): 72.0, (4, 2): 70.0, (4, 4): 79.0}.items()
+    ]
+    points += [pt("pq", N, s, b, levels=256, metrics=m) for b, s in ((1, 60.0), (2, 70.0), (4, 78.0))]
+    points += [pt("opq", N, s, b, levels=256, metrics=m) for b, s in ((1, 64.0), (2, 74.0), (4, 79.0))]
+    return GridResult(
+        layer="19", n=N, metric_names=[metric], baseline={metric: 80.0}, points=points, settings={"seed": 0}
+    )
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    manifest = report.build_manifest(backbone="vgg-m", seeds={"dr1": 0}, weights="https://example.org/w.pth")
+    paths = report.write_report(make_result(), out, "voc_2007", "vgg-m", manifest, title="Test grid")
+    return out, paths, manifest
+
+
+@pytest.mark.skipif(not REF_DIR.is_dir(), reason="reference CSVs not available")
+def test_reference_headers_are_the_published_ones():
+    for name, header in REF_HEADERS.items():
+        assert read_csv(REF_DIR / name)[0] == header, name
+
+
+def test_csv_names_and_headers(written):
+    out, paths, _ = written
+    names = {p.name for p in paths["csv"]}
+    assert names == {
+        f"{s}_vgg-m_voc_2007.csv"
+        for s in ("dr-1", "dr-2", "q-1", "q-2", "q-1-quantile", "q-b", "q-b32", "fc", "pq", "opq")
+    }
+    same_as = {
+        "dr-1": "dr-1",
+        "dr-2": "dr-2",
+        "q-1": "q-1",
+        "q-2": "q-2",
+        "q-1-quantile": "q-1",
+        "q-b": "q-b",
+        "q-b32": "q-b",
+        "fc": "fc",
+        "pq": "fc",
+        "opq": "fc",
+    }
+    for stem, ref in same_as.items():
+        assert (
+            read_csv(out / f"{stem}_vgg-m_voc_2007.csv")[0]
+            == REF_HEADERS[f"{ref}_vgg-m_voc_2007.csv"] + EXTRA
+        )
+
+
+def test_csv_bytes_match_reference_style(written):
+    out, _, _ = written
+    text = (out / "q-b32_vgg-m_voc_2007.csv").read_bytes()
+    assert b"\r" not in text and text.endswith(b"\n")
+    assert text.decode().splitlines() == [
+        "Layer,Removed Bits,mAP,Bytes per vector,Compression (%)",
+        "19,0,80.000000,32.000000,0.000000",
+        "19,20,79.000000,12.000000,62.500000",
+        "19,30,9.000000,2.000000,93.750000",
+    ]
+    assert read_csv(out / "fc_vgg-m_voc_2007.csv")[1:] == [
+        ["19", "2", "2", "60.000000", "0.250000", "99.218750"],
+        ["19", "2", "4", "72.000000", "0.500000", "98.437500"],
+        ["19", "4", "2", "70.000000", "0.500000", "98.437500"],
+        ["19", "4", "4", "79.000000", "1.000000", "96.875000"],
+    ]
+
+
+def test_dr1_mean_and_sample_sd(written):
+    out, _, _ = written
+    rows = read_csv(out / "dr-1_vgg-m_voc_2007.csv")[1:]
+    # reps 70, 72: mean 71, sample SD sqrt(((-1)^2 + 1^2) / (2 - 1)) = sqrt(2); 76, 77: sqrt(0.5).
+    assert rows == [
+        ["2", "71.000000", f"{math.sqrt(2):.6f}", "8.000000", "75.000000"],
+        ["4", "76.500000", f"{math.sqrt(0.5):.6f}", "16.000000", "50.000000"],
+        ["8", "80.000000", "0.000000", "32.000000", "0.000000"],
+    ]
+    assert rows[0][2] == "1.414214"
+    one_rep = GridResult(
+        layer="19",
+        n=N,
+        metric_names=["map"],
+        baseline={"map": 80.0},
+        points=[pt("dr1", 2, 70.0, 8, rep=0)],
+        settings={},
+    )
+    assert report.dr1_rows(one_rep)[0].sd == {"map": 0.0}
+
+
+def test_accuracy_columns(tmp_path):
+    paths = report.write_csvs(make_result("accuracy"), tmp_path, "food-101", "vgg-m")
+    assert {p.name for p in paths} >= {"dr-1_vgg-m_food-101.csv", "q-b_vgg-m_food-101.csv"}
+    assert read_csv(tmp_path / "dr-1_vgg-m_food-101.csv")[0] == REF_HEADERS["dr-1_vgg-m_food-101.csv"] + EXTRA
+    assert read_csv(tmp_path / "q-b_vgg-m_food-101.csv")[0] == REF_HEADERS["q-b_vgg-m_food-101.csv"] + EXTRA
+
+
+def test_several_protocols_one_file_each(tmp_path):
+    protocols = ["easy", "medium", "hard"]
+    scores = lambda s: {"easy": s + 10, "medium": s, "hard": s - 30}  # noqa: E731
+    points = [pt("dr1", d, scores(s), 4 * d, rep=r) for d, s, r in ((2, 50.0, 0), (2, 52.0, 1), (8, 60.0, 0))]
+    points += [pt("fc", d, scores(s), d / 8, levels=2) for d, s in ((2, 40.0), (4, 50.0))]
+    res = GridResult(
+        layer="layer4", n=N, metric_names=protocols, baseline=scores(60.0), points=points, settings={}
+    )
+    paths = report.write_csvs(res, tmp_path, "roxford5k", "resnet50-gem")
+    assert sorted(p.name for p in paths) == sorted(
+        f"{e}_resnet50-gem_roxford5k_{m}.csv" for e in ("dr-1", "fc") for m in protocols
+    )
+    medium = read_csv(tmp_path / "dr-1_resnet50-gem_roxford5k_medium.csv")
+    assert medium[0] == ["Dimensions", "mAP (medium)", "SD mAP (medium)"] + EXTRA
+    assert medium[1][:3] == ["2", "51.000000", "1.414214"]
+    hard = read_csv(tmp_path / "fc_resnet50-gem_roxford5k_hard.csv")
+    assert hard[0] == ["Layer", "Dimensions", "Values", "mAP (hard)"] + EXTRA
+    assert hard[1] == ["layer4", "2", "2", "10.000000", "0.250000", "99.218750"]
+    plots = report.write_plots(res, tmp_path, "protocols")
+    assert sorted(p.name for p in plots) == sorted(
+        ["dr_absolute.png", "dr_relative.png", "bytes.png"] + [f"fc_heatmap_{m}.png" for m in protocols]
+    )
+
+
+def test_results_json_round_trip(written):
+    out, paths, manifest = written
+    assert paths["json"] == out / "results.json"
+    doc = json.loads(paths["json"].read_text())
+    assert doc["version"] == 1
+    assert doc["manifest"] == json.loads(json.dumps(manifest))
+    back = GridResult.from_dict(doc["result"])
+    assert back == make_result()
+    assert [p.scores for p in back.points] == [p.scores for p in make_result().points]
+
+
+def test_manifest():
+    m = report.build_manifest(backbone="resnet50", seeds={"dr1": 3}, date="fixed")
+    assert m["backbone"] == "resnet50" and m["seeds"] == {"dr1": 3}
+    assert m["date"] == "fixed"  # extra keys win
+    assert m["versions"]["python"] == platform.python_version()
+    assert m["versions"]["numpy"] == np.__version__
+    assert set(m["versions"]) >= {"retr", "torch", "torchvision", "faiss", "numpy", "python"}
+    assert m["platform"] == platform.platform()
+    json.dumps(m)  # plain JSON types only
+
+
+def test_plots_are_pngs(written):
+    out, paths, _ = written
+    assert sorted(p.name for p in paths["plots"]) == sorted(
+        ["dr_absolute.png", "dr_relative.png", "q_levels.png", "q_bits.png", "fc_heatmap.png", "bytes.png"]
+    )
+    for p in paths["plots"]:
+        data = p.read_bytes()
+        assert data.startswith(PNG_SIGNATURE), p.name
+        assert len(data) > 10_000, p.name
+
+
+def test_only_present_experiments_are_plotted(tmp_path):
+    res = make_result()
+    res.points = [p for p in res.points if p.experiment in ("identity", "q2")]
+    assert [p.name for p in report.write_plots(res, tmp_path, "q2 only")] == ["q_levels.png"]
+
+
+def test_summary(written):
+    out, paths, _ = written
+    assert paths["summary"] == [out / "summary.csv", out / "summary.md"]
+    rows = {r[1]: r for r in read_csv(out / "summary.csv")}
+    assert rows["Experiment"] == ["Metric", "Experiment", "Original score"] + [
+        f"Max loss {b}%" for b in range(1, 6)
+    ]
+    # baseline 80: a 1 % budget keeps >= 79.2, 2 % >= 78.4, 5 % >= 76.
+    assert rows["Q-2"][2:] == ["80.000000", "8 values", "4 values", "4 values", "4 values", "4 values"]
+    assert rows["Q-1"][3:] == ["", "8 values", "8 values", "8 values", "8 values"]
+    assert rows["DR-2"][3:] == ["100% dims", "100% dims", "50% dims", "50% dims", "50% dims"]
+    assert rows["Q-B (float32)"][3:] == ["0 bits removed"] + ["20 bits removed"] * 4
+    assert rows["PQ"][3:] == ["", "", "4 B", "4 B", "4 B"]
+    assert rows["FC"][3:] == ["", "1 B (4 dims, 4 values)"] + ["1 B (4 dims, 4 values)"] * 3
+    md = (out / "summary.md").read_text()
+    assert "| Q-1 | 80.000000 | – | 8 values |" in md.replace("| mAP ", "")
+
+
+def test_html_is_self_contained(written):
+    out, paths, _ = written
+    text = paths["html"].read_text()
+    assert text.count("data:image/png;base64,") == len(paths["plots"])
+    srcs = re.findall(r'src="([^"]*)"', text)
+    assert len(srcs) == len(paths["plots"]) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<script" not in text and "<link" not in text and "url(" not in text
+    first = base64.b64decode(srcs[0][len("data:image/png;base64,") :])
+    assert first == paths["plots"][0].read_bytes()
+    for words in (
+        "DR-1",
+        "DR-2",
+        "Q-1",
+        "Q-2",
+        "Q-B (float64)",
+        "FC",
+        "OPQ",
+        "Manifest",
+        "https://example.org/w.pth",
+    ):
+        assert words in text
+    assert text.index("Manifest") > text.index("All results")
