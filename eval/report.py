@@ -108,10 +108,7 @@ def _stem(exp: str) -> str:
 def _experiments(result: GridResult) -> list[str]:
     """Experiments present in the result: known ones in the paper's order, variants after their family,
     unknown ones last in order of appearance."""
-    seen: list[str] = []
-    for p in result.points:
-        if p.experiment not in seen:
-            seen.append(p.experiment)
+    seen = list(dict.fromkeys(p.experiment for p in result.points))
 
     def key(exp: str) -> tuple[int, int, str]:
         fam = _family(exp)
@@ -159,16 +156,17 @@ def _pct_label(dims: int, n: int) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Dr1Row:
+class Dr1Row:
+    """One DR-1 size aggregated over its repetitions; scores per metric on the 0-100 scale."""
+
     dims: int
     mean: dict[str, float]
     sd: dict[str, float]
-    reps: int
     bytes_per_vector: float
     compression: float
 
 
-def dr1_rows(result: GridResult, exp: str = "dr1") -> list[_Dr1Row]:
+def dr1_rows(result: GridResult, exp: str = "dr1") -> list[Dr1Row]:
     """DR-1 aggregated over repetitions: one row per kept size, by increasing dimensions.
 
     mean and sd map each metric to the mean and the sample SD (ddof=1; 0 for a single repetition) of the
@@ -185,7 +183,7 @@ def dr1_rows(result: GridResult, exp: str = "dr1") -> list[_Dr1Row]:
             s = np.array([p.scores[m] for p in ps], dtype=np.float64)
             mean[m] = float(s.mean())
             sd[m] = float(s.std(ddof=1)) if len(s) > 1 else 0.0
-        rows.append(_Dr1Row(d, mean, sd, len(ps), float(ps[0].bytes_per_vector), float(ps[0].compression)))
+        rows.append(Dr1Row(d, mean, sd, float(ps[0].bytes_per_vector), float(ps[0].compression)))
     return rows
 
 
@@ -618,8 +616,8 @@ def _explanation(exp: str, n: int) -> str:
     fam, var = _family(exp), _variant(exp)
     full = 4 * n
     text = {
-        "identity": f"The descriptors as extracted: {n} float32 values, {full} bytes per vector. Its score is "
-        "the original score every other experiment is compared with.",
+        "identity": f"The descriptors as extracted: {n} float32 values, {full} bytes per vector. Its score "
+        "is the original score every other experiment is compared with.",
         "dr1": "Dimensionality reduction, random: keep p of the n dimensions chosen at random and drop the "
         "others; repeated with several random draws (the plots show mean ± standard deviation). A vector "
         f"keeps p float32 values, 4p bytes instead of {full}: keeping 10% of the dimensions is 90% smaller.",
@@ -641,8 +639,9 @@ def _explanation(exp: str, n: int) -> str:
         "fc": "Feature compression: DR-2 and Q-2 at once — keep the p principal components, then quantize "
         "each to h levels. A vector takes about p·log2(h) bits: the heat map shows the score of each "
         "(p, h) pair and the bytes it costs.",
-        "pq": "Product quantization (Faiss): the vector is cut into M sub-vectors and each is replaced by the "
-        "index of its nearest centroid among 2^b learned ones, so a vector costs M·b/8 bytes whatever n is.",
+        "pq": "Product quantization (Faiss): the vector is cut into M sub-vectors and each is replaced by "
+        "the index of its nearest centroid among 2^b learned ones, so a vector costs M·b/8 bytes whatever "
+        "n is.",
         "opq": "Optimized product quantization: PQ after a learned rotation that spreads the variance evenly "
         "over the sub-vectors; same size as PQ, usually a better score.",
     }.get(fam, f"Experiment {exp}.")
@@ -661,7 +660,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;
+line-height:1.45}
 table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
 th,td{border:1px solid #ccc;padding:2px 7px;text-align:right}
 th{background:#f2f2f2}

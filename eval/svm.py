@@ -109,73 +109,86 @@ def _train_torch(x: np.ndarray, y: np.ndarray, cost: float, device: str, tol: fl
     import torch
 
     dev = torch.device(device)
-    f64 = torch.float64
+    f64, f32 = torch.float64, torch.float32
     n, d = x.shape
     # the bias as a constant feature 1 (LIBLINEAR's bias handling: its weight is regularised)
     X = torch.ones((n, d + 1), dtype=f64, device=dev)
     X[:, :d] = torch.as_tensor(np.asarray(x), device=dev).to(f64)
+    # Hessian-vector products only steer the search direction: float32 and a transposed copy (for a
+    # contiguous matmul) make them about 3x faster; gradients and objectives stay float64
+    X32 = X.to(f32)
+    Xt32 = X32.T.contiguous()
+    X2 = X32 * X32
     Y = torch.as_tensor(y.astype(np.float64), device=dev)  # (n, C), 0 = left out
     W = torch.zeros((y.shape[1], d + 1), dtype=f64, device=dev)
-    X2 = X * X
     two_c = 2.0 * cost
 
-    def loss_terms(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hinge residuals r = max(0, 1 - y z) (n, C) (0 where left out) and the active mask."""
+    def state(W: torch.Tensor, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Objective (C,), gradient (C, d+1) and hinge residuals r = max(0, 1 - y z) (n, C), 0 if left out."""
         r = torch.clamp(1.0 - Y * Z, min=0.0) * (Y != 0)
-        return r, r > 0
+        return 0.5 * (W * W).sum(1) + cost * (r * r).sum(0), W - two_c * (Y * r).T @ X, r
 
     Z = X @ W.T
-    r, act = loss_terms(Z)
-    f = 0.5 * (W * W).sum(1) + cost * (r * r).sum(0)
-    G = W - two_c * (Y * r).T @ X
+    f, G, r = state(W, Z)
     g0 = G.norm(dim=1)
     for _ in range(200):
-        gn = G.norm(dim=1)
-        todo = gn > tol * g0
+        todo = G.norm(dim=1) > tol * g0
         if not todo.any():
             break
-        D = act.to(f64)
-        # Jacobi preconditioner: the Hessian's diagonal 1 + 2C sum_active x_ij^2 (the bias column
-        # dominates it, which is what makes plain CG slow here)
-        M = 1.0 + two_c * D.T @ X2
+        A = (r > 0).to(f32)  # (n, C) active examples: the generalised Hessian is I + 2C X_A^T X_A
+        na = A.sum(0)[:, None]
+        mu = (A.T @ X32) / na.clamp(min=1.0)
+        # Preconditioner: the Hessian's diagonal, with the active examples' mean direction as a rank-one
+        # term (nonnegative CNN features share a large mean, the Hessian's stiffest direction)
+        diag = 1.0 + two_c * (A.T @ X2 - na * mu * mu)
+        u = (two_c * na).sqrt() * mu
 
         def hess(V: torch.Tensor) -> torch.Tensor:
-            return V + two_c * (D * (X @ V.T)).T @ X
+            V32 = V.to(f32)
+            return (V32 + two_c * (A.T * (V32 @ Xt32)) @ X32).to(f64)
 
-        S = _pcg(hess, -G, M, tol_rel=0.1, todo=todo)
+        S = _pcg(hess, -G, _rank_one_inverse(diag.to(f64), u.to(f64)), tol_rel=0.1, todo=todo)
         Zs = X @ S.T
         gs = (G * S).sum(1)
         ww, ws, ss = (W * W).sum(1), (W * S).sum(1), (S * S).sum(1)
-        t = torch.ones_like(gs)
+        t = todo.to(f64)
         # Armijo backtracking, per class; the objective along S is cheap given Zs
-        for _ in range(30):
-            rt, _ = loss_terms(Z + t * Zs)
+        for _halving in range(40):
+            rt = torch.clamp(1.0 - Y * (Z + t * Zs), min=0.0) * (Y != 0)
             ft = 0.5 * (ww + 2 * t * ws + t * t * ss) + cost * (rt * rt).sum(0)
             ok = ft <= f + 1e-4 * t * gs
             if ok.all():
                 break
             t = torch.where(ok, t, 0.5 * t)
-        t = torch.where(todo, t, torch.zeros_like(t))
         W = W + t[:, None] * S
         Z = Z + t * Zs
-        r, act = loss_terms(Z)
-        f = 0.5 * (W * W).sum(1) + cost * (r * r).sum(0)
-        G = W - two_c * (Y * r).T @ X
+        f, G, r = state(W, Z)
     Wn = W.cpu().numpy()
     return LinearModel(W=Wn[:, :d].copy(), b=Wn[:, d].copy())
 
 
-def _pcg(hess, B, M, tol_rel: float, todo, max_iter: int = 500):
+def _rank_one_inverse(diag, u):
+    """R -> M^-1 R row-wise for M_c = Diag(diag_c) + u_c u_c^T (Sherman-Morrison). diag, u: (C, d)."""
+    du = u / diag
+    den = 1.0 + (u * du).sum(1, keepdim=True)
+
+    def apply(R):
+        return R / diag - du * ((du * R).sum(1, keepdim=True) / den)
+
+    return apply
+
+
+def _pcg(hess, B, precond, tol_rel: float, todo, max_iter: int = 500):
     """Preconditioned conjugate gradients for H_c s_c = B_c, every row c at once.
 
-    hess: V (C, d) -> H V row-wise; B (C, d); M (C, d) diagonal preconditioner; a row stops when its
-    residual norm is below tol_rel times ||B_c|| (the truncated Newton forcing term), or is not in `todo`.
+    hess: V (C, d) -> H V row-wise; B (C, d); precond: R -> M^-1 R row-wise; a row stops when its residual
+    norm is below tol_rel times ||B_c|| (the truncated Newton forcing term), or is not in `todo`.
     """
     import torch
 
     S = torch.zeros_like(B)
     R = B.clone()
-    Zr = R / M
+    Zr = precond(R)
     P = Zr.clone()
     rz = (R * Zr).sum(1)
     stop = tol_rel * B.norm(dim=1)
@@ -189,7 +202,7 @@ def _pcg(hess, B, M, tol_rel: float, todo, max_iter: int = 500):
         alpha = torch.where(live, rz / torch.where(php > 0, php, torch.ones_like(php)), torch.zeros_like(rz))
         S = S + alpha[:, None] * P
         R = R - alpha[:, None] * HP
-        Zr = R / M
+        Zr = precond(R)
         rz_new = (R * Zr).sum(1)
         beta = torch.where(live, rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))
         P = torch.where(live[:, None], Zr + beta[:, None] * P, P)

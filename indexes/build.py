@@ -11,7 +11,7 @@ import math
 import faiss
 import numpy as np
 
-from .config import IndexConfig
+from .config import FASTSCAN_KINDS, IndexConfig, IndexConfigError
 
 
 def default_nlist(n: int) -> int:
@@ -28,6 +28,9 @@ def build_index(xb: np.ndarray, ids: np.ndarray, config: IndexConfig) -> faiss.I
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n, d = xb.shape
+    if config.kind in FASTSCAN_KINDS:
+        raise IndexConfigError(f"index kind {config.kind} is built from level indices, not decoded vectors: "
+                               "use build_fastscan(levels, idx, ids, config)")
     if config.kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
     elif config.kind == "ivf":
@@ -43,17 +46,24 @@ def build_index(xb: np.ndarray, ids: np.ndarray, config: IndexConfig) -> faiss.I
     return index
 
 
-def search(index: faiss.Index, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest by inner product: ``D (m, k) float32`` (descending), ``I (m, k) int64`` (-1 where fewer than k)."""
+def search(index, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest by inner product: ``D (m, k) float32`` (descending), ``I (m, k) int64`` (-1 where fewer than k).
+
+    ``index`` is a Faiss index or a `FastScanIndex` (which re-ranks its candidates exactly)."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
+    k = max(1, min(k, index.ntotal)) if index.ntotal else 1
+    if not isinstance(index, faiss.Index):  # a FastScanIndex: nprobe applies to this search only
+        return index.search(xq, k, nprobe)
     if nprobe is not None:
         faiss.extract_index_ivf(index).nprobe = nprobe
-    k = max(1, min(k, index.ntotal)) if index.ntotal else 1
     return index.search(xq, k)
 
 
-def to_gpu_if_available(index: faiss.Index) -> faiss.Index:
-    """Move to all GPUs when this Faiss build sees one (faiss-gpu with CUDA); otherwise return it unchanged."""
+def to_gpu_if_available(index):
+    """Move to all GPUs when this Faiss build sees one (faiss-gpu with CUDA); otherwise return it unchanged.
+    A `FastScanIndex` becomes an exact GPU flat index over its decoded vectors (GPUs have no 4-bit fast-scan)."""
     if faiss.get_num_gpus() > 0:
+        if not isinstance(index, faiss.Index):
+            return index.to_gpu()
         return faiss.index_cpu_to_all_gpus(index)
     return index

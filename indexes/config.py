@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-KINDS = ("flat", "ivf", "hnsw")
+FASTSCAN_KINDS = ("fastscan", "ivf-fastscan")
+KINDS = ("flat", "ivf", "hnsw") + FASTSCAN_KINDS
 
 
 class IndexConfigError(ValueError):
@@ -16,18 +17,22 @@ class IndexConfig:
     """Which Faiss index to derive from the stored codes.
 
     kind: ``flat`` (exact inner product), ``ivf`` (inverted lists, ``nlist`` cells, ``nprobe`` visited per query;
-          both chosen from the collection size when None), ``hnsw`` (graph with ``hnsw_m`` links per node).
+          both chosen from the collection size when None), ``hnsw`` (graph with ``hnsw_m`` links per node), over the
+          decoded vectors; or, over the level indices themselves (Faiss 4-bit fast-scan, see fastscan.py),
+          ``fastscan`` (exhaustive) and ``ivf-fastscan`` (inverted lists), whose best ``rerank`` candidates per query
+          are re-ranked exactly on the normalised decoded vectors.
     """
 
     kind: str = "flat"
     nlist: int | None = None
     nprobe: int | None = None
     hnsw_m: int = 32
+    rerank: int = 100
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise IndexConfigError(f"unknown index kind '{self.kind}'; choose one of {', '.join(KINDS)}")
-        for name in ("nlist", "nprobe"):
+        for name in ("nlist", "nprobe", "rerank"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise IndexConfigError(f"index option {name} must be >= 1, got {v}")

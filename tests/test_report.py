@@ -266,7 +266,8 @@ def test_html_is_self_contained(written):
     srcs = re.findall(r'src="([^"]*)"', text)
     assert len(srcs) == len(paths["plots"]) and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in text and "<link" not in text and "url(" not in text
-    first = base64.b64decode(srcs[0][len("data:image/png;base64,") :])
+    prefix = "data:image/png;base64,"
+    first = base64.b64decode(srcs[0].removeprefix(prefix))
     assert first == paths["plots"][0].read_bytes()
     for words in (
         "DR-1",

@@ -1,0 +1,299 @@
+"""Compressed-domain search: per-dimension scalar codes scanned as Faiss 4-bit fast-scan product-quantizer codes.
+
+A Q-1 / Q-2 code with h levels per dimension is a product quantizer in disguise: g dimensions together take h**g
+values, the Cartesian product of their levels. With h**g <= 16 a group is one 4-bit sub-quantizer of Faiss's
+fast-scan PQ (SIMD look-up tables): h = 2 -> g = 4, h = 3 or 4 -> g = 2, 5 <= h <= 16 -> g = 1 (h = 1 -> g = 4, all
+constant). The 4-bit code of a group is the mixed-radix number of its level indices, so the mapping is lossless:
+fast-scan reconstruction equals the codec's decoding exactly. Unused centroids (h**g < 16) repeat centroid 0, which
+never widens the quantized look-up tables; when g does not divide p the last group is padded with dimensions whose
+only level is 0 (queries are padded with zeros to match).
+
+The scan ranks by the inner product with the un-normalised decoded vectors through 8-bit look-up tables; the
+engine's score is the cosine with the L2-normalised decoded vectors. So each query takes max(k, rerank) candidates
+from the scan and re-ranks them exactly: candidates are decoded from the fast-scan codes themselves (no second copy
+of the database), normalised and scored in float32. Results equal exact search on the normalised decoded vectors
+whenever the true top k are among the candidates (measured by bench/search.py).
+
+Legend: p dimensions, h levels per dimension, g dimensions per group, M = ceil(p / g) groups (sub-quantizers),
+d = M * g >= p padded dimensions, n database vectors, m queries, levels (p, h) float32 reconstruction table,
+idx (n, p) uint8 level indices, xq (m, p) float32 queries, D (m, k) scores, I (m, k) ids.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from .build import default_nlist
+from .config import IndexConfig, IndexConfigError
+
+KSUB = 16  # centroids per 4-bit sub-quantizer
+MAX_LEVELS = KSUB  # one dimension per group is the coarsest mapping: h <= 16
+_CHUNK = 1 << 16  # rows decoded at a time while building, to bound memory
+_QCHUNK = 4096  # queries re-ranked at a time
+_TRAIN_PER_LIST = 40  # k-means points per inverted list (Faiss warns below 39)
+_KMEANS_ITER = 10
+
+
+def group_size(h: int) -> int:
+    """Dimensions per 4-bit group for h levels: the largest g <= 4 with h**g <= 16 (h = 1 -> 4, h > 16 -> error)."""
+    if not 1 <= h <= MAX_LEVELS:
+        raise IndexConfigError(f"fast-scan indexes need 1 to {MAX_LEVELS} levels per dimension, not {h}; "
+                               "use index kind flat, ivf or hnsw")
+    g = 1
+    while g < 4 and h ** (g + 1) <= KSUB:
+        g += 1
+    return g
+
+
+def layout(p: int, h: int) -> tuple[int, int]:
+    """(g, M): dimensions per group and number of groups for p dimensions of h levels."""
+    g = group_size(h)
+    return g, -(-p // g)
+
+
+def centroids(levels: np.ndarray) -> np.ndarray:
+    """Sub-quantizer centroids (M, 16, g) float32 from the levels table (p, h) float32.
+
+    Centroid c of group m is (levels[m*g + t, digit_t(c)] for t < g), digit t of c in base h, dimension m*g first
+    (least significant). Centroids c >= h**g repeat centroid 0; padded dimensions are 0.
+    """
+    levels = np.asarray(levels, np.float32)
+    p, h = levels.shape
+    g, M = layout(p, h)
+    table = np.zeros((M * g, h), np.float32)
+    table[:p] = levels
+    c = np.arange(KSUB)
+    digits = (c[:, None] // h ** np.arange(g)[None, :]) % h  # (16, g)
+    digits[c >= h**g] = 0
+    groups = table.reshape(M, g, h)
+    return groups[:, np.arange(g)[None, :], digits].astype(np.float32)  # (M, 16, g)
+
+
+def codes(idx: np.ndarray, h: int) -> np.ndarray:
+    """Level indices (n, p) in [0, h) -> fast-scan PQ codes (n, ceil(M/2)) uint8, Faiss's nbits = 4 layout:
+    sub-quantizer m in bits [4m, 4m + 4), i.e. byte m // 2, low nibble for even m."""
+    idx = np.asarray(idx)
+    n, p = idx.shape
+    g, M = layout(p, h)
+    if idx.size and int(idx.max()) >= h:
+        raise ValueError(f"level indices must lie in [0, {h})")
+    pad = np.zeros((n, 2 * (-(-M // 2)) * g), np.uint8)  # an even number of groups, so nibbles pair up
+    pad[:, :p] = idx
+    c4 = (pad.reshape(n, -1, g).astype(np.uint16) * (h ** np.arange(g, dtype=np.uint16))).sum(axis=2)
+    c4 = c4.astype(np.uint8)
+    return c4[:, 0::2] | (c4[:, 1::2] << 4)
+
+
+def decode(levels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Level indices (n, p) -> values (n, p) float32 from the levels table (p, h): the codec's decoding."""
+    levels = np.asarray(levels, np.float32)
+    return levels[np.arange(levels.shape[0]), np.asarray(idx)]
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm (zero rows stay zero), float32, as the engine normalises decoded vectors."""
+    nrm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(nrm, 1e-12)).astype(np.float32)
+
+
+def _pad(x: np.ndarray, d: int) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    if x.shape[1] > d:
+        raise ValueError(f"vectors have {x.shape[1]} dimensions, the index {d}")
+    out = np.zeros((len(x), d), np.float32)
+    out[:, : x.shape[1]] = x
+    return out
+
+
+def _set_centroids(index: faiss.Index, cents: np.ndarray) -> None:
+    faiss.copy_array_to_vector(np.ascontiguousarray(cents, np.float32).ravel(), index.pq.centroids)
+
+
+class FastScanIndex:
+    """A fast-scan index over level indices, with exact re-ranking; what `build_fastscan` returns.
+
+    index: ``faiss.IndexIDMap`` over an ``IndexPQFastScan`` (kind fastscan) or an ``IndexIVFPQFastScan`` with
+        ``by_residual = False`` and a direct map (kind ivf-fastscan), of padded dimension M * g >= p; the inner
+        index numbers vectors 0..n-1 (their positions, used to decode candidates) and the id map turns positions
+        into the caller's ids. Persist it with save_index / load_index.
+    rerank: candidates re-ranked exactly per query (at least k are).
+    p: dimension of the vectors searched (queries are (m, p); the padded dimensions are zero).
+    """
+
+    def __init__(self, index: faiss.Index, rerank: int, p: int):
+        self.index = index
+        self.rerank = rerank
+        self.p = p
+        self.inner = faiss.downcast_index(index.index)
+        if isinstance(self.inner, faiss.IndexIVFFastScan):
+            # read_index leaves IndexIVFPQFastScan.fine_quantizer unset (Faiss 1.15.1); decoding needs it
+            self.inner.fine_quantizer = self.inner.pq
+        # a view of the id map (no copy); valid while the index is not modified
+        self._ids = faiss.rev_swig_ptr(index.id_map.data(), index.ntotal) if index.ntotal else np.zeros(0, np.int64)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def d(self) -> int:
+        return self.p
+
+    @property
+    def kind(self) -> str:
+        return "ivf-fastscan" if isinstance(self.inner, faiss.IndexIVFFastScan) else "fastscan"
+
+    @property
+    def code_size(self) -> int:
+        """Bytes per vector of the fast-scan codes (ids and inverted-list bookkeeping not counted)."""
+        return int(self.inner.code_size)
+
+    def reconstruct(self, positions: np.ndarray) -> np.ndarray:
+        """Decoded, un-normalised vectors (len(positions), p) float32 at these positions (0 <= position < n)."""
+        positions = np.ascontiguousarray(positions, np.int64)
+        if len(positions) == 0:
+            return np.zeros((0, self.p), np.float32)
+        return self.inner.reconstruct_batch(positions)[:, : self.p]
+
+    def to_gpu(self) -> faiss.Index:
+        """GPUs have no 4-bit fast-scan: an exact flat index (``IndexIDMap`` over ``IndexFlatIP``, moved to all GPUs)
+        over the normalised decoded vectors, the ranking that the re-ranked fast-scan search approximates."""
+        cpu = faiss.IndexIDMap(faiss.IndexFlatIP(self.p))
+        for i0 in range(0, self.ntotal, _CHUNK):
+            pos = np.arange(i0, min(self.ntotal, i0 + _CHUNK), dtype=np.int64)
+            cpu.add_with_ids(_l2n(self.reconstruct(pos)), np.ascontiguousarray(self._ids[pos]))
+        return faiss.index_cpu_to_all_gpus(cpu)
+
+    def search(self, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """k best by cosine with the decoded vectors: ``D (m, k) float32`` descending, ``I (m, k) int64`` ids
+        (-1 and -inf where fewer than k were found). xq (m, p) float32, L2-normalised; nprobe: lists visited by
+        this search (ivf-fastscan; the index's own setting when None)."""
+        xq = np.asarray(xq, np.float32)
+        if xq.ndim != 2 or xq.shape[1] != self.p:
+            raise ValueError(f"queries must be (m, {self.p}), got {xq.shape}")
+        m, d = len(xq), int(self.index.d)
+        xq = _pad(xq, d)
+        D = np.full((m, k), -np.inf, np.float32)
+        I = np.full((m, k), -1, np.int64)
+        if self.ntotal == 0 or m == 0:
+            return D, I
+        kc = min(max(k, self.rerank), self.ntotal)
+        params = None
+        if nprobe is not None and self.kind == "ivf-fastscan":
+            params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        for q0 in range(0, m, _QCHUNK):
+            q = xq[q0 : q0 + _QCHUNK]
+            _, P = self.inner.search(q, kc, params=params)
+            blind = ~(P >= 0).any(axis=1)
+            if blind.any():
+                # a query whose look-up tables are constant (a zero query, h = 1) makes Faiss's 8-bit table
+                # quantization divide by zero and return nothing: these scores do not depend on the codes, so
+                # rank such queries exactly over every vector instead
+                P[blind] = self._exact(q[blind], kc)
+            found = P >= 0
+            # decode the candidates from the fast-scan codes, normalise, score exactly
+            x = _l2n(self.inner.reconstruct_batch(np.where(found, P, 0).ravel()).reshape(len(q), kc, d))
+            s = np.einsum("mkd,md->mk", x, q)
+            s[~found] = -np.inf
+            order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            kk = order.shape[1]
+            D[q0 : q0 + len(q), :kk] = np.take_along_axis(s, order, 1)
+            pos = np.take_along_axis(P, order, 1)
+            I[q0 : q0 + len(q), :kk] = np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
+        return D, I
+
+    def _exact(self, q: np.ndarray, k: int) -> np.ndarray:
+        """Positions (len(q), k) of the best k by exact cosine over all vectors; q (m', d) padded queries."""
+        best_s = np.full((len(q), 0), -np.inf, np.float32)
+        best_p = np.zeros((len(q), 0), np.int64)
+        for i0 in range(0, self.ntotal, _CHUNK):
+            pos = np.arange(i0, min(self.ntotal, i0 + _CHUNK), dtype=np.int64)
+            s = np.hstack([best_s, q @ _l2n(self.inner.reconstruct_batch(pos)).T])
+            p = np.hstack([best_p, np.broadcast_to(pos, (len(q), len(pos)))])
+            keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            best_s, best_p = np.take_along_axis(s, keep, 1), np.take_along_axis(p, keep, 1)
+        return best_p
+
+
+def default_fastscan_nprobe(nlist: int) -> int:
+    """Inverted lists visited per query by ivf-fastscan: nlist / 64, at least 8 (see bench/README.md)."""
+    return int(max(1, min(nlist, max(8, round(nlist / 64)))))
+
+
+def build_fastscan(levels: np.ndarray, idx: np.ndarray, ids: np.ndarray, config: IndexConfig) -> FastScanIndex:
+    """Index level indices ``idx (n, p)`` (uint8, values < h) with the levels table ``levels (p, h) float32`` under
+    the ids ``ids (n,) int64``, as ``config.kind`` fastscan (exhaustive) or ivf-fastscan (inverted lists over the
+    normalised decoded vectors: ``config.nlist`` cells, default ~4 sqrt(n); ``config.nprobe`` visited, default
+    `default_fastscan_nprobe`). Codes are added as computed here, never re-encoded by Faiss."""
+    levels = np.ascontiguousarray(levels, np.float32)
+    idx = np.asarray(idx)
+    ids = np.ascontiguousarray(ids, np.int64)
+    p, h = levels.shape
+    n = len(idx)
+    if idx.ndim != 2 or idx.shape[1] != p or len(ids) != n:
+        raise ValueError(f"idx must be (n, {p}) and ids (n,), got {idx.shape} and {ids.shape}")
+    g, M = layout(p, h)
+    d = M * g
+    cents = centroids(levels)
+    pos = np.arange(n, dtype=np.int64)
+    if config.kind == "fastscan":
+        inner = faiss.IndexPQFastScan(d, M, 4, faiss.METRIC_INNER_PRODUCT)
+        _set_centroids(inner, cents)
+        inner.is_trained = True
+        wrapper = faiss.IndexIDMap(inner)
+        if n:
+            # IndexFastScan has no add_sa_codes: load the codes into a flat IndexPQ, convert it (which packs them
+            # into SIMD blocks), then merge into the empty index that the id map wraps
+            pq = faiss.IndexPQ(d, M, 4, faiss.METRIC_INNER_PRODUCT)
+            _set_centroids(pq, cents)
+            pq.is_trained = True
+            for i0 in range(0, n, _CHUNK):
+                pq.add_sa_codes(codes(idx[i0 : i0 + _CHUNK], h))
+            inner.merge_from(faiss.IndexPQFastScan(pq))
+    elif config.kind == "ivf-fastscan":
+        nlist = config.nlist or default_nlist(n)
+        if n < nlist:
+            raise IndexConfigError(f"ivf-fastscan with {nlist} lists needs at least {nlist} vectors, got {n}; "
+                                   "lower nlist or use index kind fastscan")
+        quantizer = faiss.IndexFlatIP(d)
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(n, size=min(n, _TRAIN_PER_LIST * nlist), replace=False))
+        km = faiss.Kmeans(d, nlist, niter=_KMEANS_ITER, spherical=True, seed=1234,
+                          max_points_per_centroid=_TRAIN_PER_LIST + 1, min_points_per_centroid=1)
+        km.train(_pad(_l2n(decode(levels, idx[sample])), d))
+        quantizer.add(km.centroids)
+        ivfpq = faiss.IndexIVFPQ(quantizer, d, nlist, M, 4, faiss.METRIC_INNER_PRODUCT)
+        ivfpq.by_residual = False  # residual codes would no longer be the lossless level codes
+        _set_centroids(ivfpq, cents)
+        ivfpq.is_trained = True
+        cbytes = ivfpq.coarse_code_size()
+        for i0 in range(0, n, _CHUNK):
+            part = idx[i0 : i0 + _CHUNK]
+            lists = quantizer.assign(_pad(decode(levels, part), d), 1)[:, 0]
+            coarse = ((lists[:, None] >> (8 * np.arange(cbytes))) & 255).astype(np.uint8)
+            ivfpq.add_sa_codes(np.hstack([coarse, codes(part, h)]), pos[i0 : i0 + _CHUNK])
+        inner = faiss.IndexIVFPQFastScan(quantizer, d, nlist, M, 4, faiss.METRIC_INNER_PRODUCT)
+        inner.by_residual = False
+        _set_centroids(inner, cents)
+        inner.is_trained = True
+        inner.nprobe = config.nprobe or default_fastscan_nprobe(nlist)
+        wrapper = faiss.IndexIDMap(inner)
+        # the conversion packs the flat codes into fast-scan blocks; add_sa_codes cannot (it expects packed blocks)
+        inner.merge_from(faiss.IndexIVFPQFastScan(ivfpq), 0)
+        ivfpq.reset()  # the converted copy keeps a reference to ivfpq: drop its flat codes
+        inner.make_direct_map()  # positions -> (list, offset), to decode candidates
+    else:
+        raise IndexConfigError(f"index kind {config.kind!r} is not a fast-scan kind; use build_index")
+    faiss.copy_array_to_vector(ids, wrapper.id_map)
+    wrapper.ntotal = n
+    return FastScanIndex(wrapper, config.rerank, p)
+
+
+def memory_bytes(index: faiss.Index | FastScanIndex) -> int:
+    """Bytes of the index as Faiss serialises it (codes, ids, lists, graph): a proxy for its memory."""
+    return int(faiss.serialize_index(index.index if isinstance(index, FastScanIndex) else index).size)
+
+
+__all__ = ["FastScanIndex", "build_fastscan", "centroids", "codes", "decode", "default_fastscan_nprobe",
+           "group_size", "layout", "memory_bytes"]
