@@ -96,25 +96,26 @@ def serving(search, xq: np.ndarray, budget: float) -> tuple[float, int]:
     return done / (time.perf_counter() - t0), done
 
 
-def measure(name: str, kind: str, index, search, build_s: float, n: int, code_bytes: float, xq_s: np.ndarray,
-            xq_b: np.ndarray, truth: dict, budget: float) -> tuple[Row, np.ndarray]:
+def measure(name: str, kind: str, index, search, build_s: float, code_bytes: float, xq_s: np.ndarray,
+            xq_b: np.ndarray, budget: float) -> tuple[Row, np.ndarray, np.ndarray]:
+    """Time `search(xq) -> (D, I)` in both modes; recall is filled in later, once the ground truths exist."""
     qps_s, done = serving(search, xq_s, budget)
     t0 = time.perf_counter()
-    _, I = search(xq_b)
+    D, I = search(xq_b)
     qps_b = len(xq_b) / (time.perf_counter() - t0)
-    row = Row(name, kind, code_bytes, fastscan.memory_bytes(index) / n, build_s, qps_s, done, qps_b,
-              recall(I, xq_b, truth["decoded"], truth["kth_decoded"]),
-              recall(I, xq_b, truth["float"], truth["kth_float"]))
-    print(f"  {name}: serving {qps_s:.1f} q/s ({done} queries), batch {qps_b:.1f} q/s, "
-          f"recall@k {row.recall_decoded:.4f} vs decoded, {row.recall_float:.4f} vs float32", flush=True)
-    return row, I
+    row = Row(name, kind, code_bytes, fastscan.memory_bytes(index) / index.ntotal, build_s, qps_s, done, qps_b,
+              0.0, 0.0)
+    print(f"  {name}: build {build_s:.1f} s, serving {qps_s:.1f} q/s ({done} queries), batch {qps_b:.1f} q/s",
+          flush=True)
+    return row, D, I
 
 
 def trained(index: faiss.Index, xb: np.ndarray, ntrain: int, seed: int) -> float:
-    """Train on a seeded sample and add everything; returns the build time."""
+    """Train on a seeded sample (none when ntrain is 0) and add everything; returns the build time."""
     t0 = time.perf_counter()
-    sample = np.random.default_rng(seed).choice(len(xb), size=min(ntrain, len(xb)), replace=False)
-    index.train(xb[np.sort(sample)])
+    if ntrain:
+        sample = np.random.default_rng(seed).choice(len(xb), size=min(ntrain, len(xb)), replace=False)
+        index.train(xb[np.sort(sample)])
     for i0 in range(0, len(xb), _CHUNK):
         index.add(xb[i0 : i0 + _CHUNK])
     return time.perf_counter() - t0
@@ -138,75 +139,56 @@ def run(args: argparse.Namespace) -> dict:
     for i0 in range(0, n, _CHUNK):
         idx[i0 : i0 + _CHUNK] = codec.unpack_bits(codec.encode(params, xb[i0 : i0 + _CHUNK]), d, bits)
     levels = codec.levels(params)
-    xd = np.empty((n, d), np.float32)
+    xd = np.empty((n, d), np.float32)  # what the engine's flat index holds
     for i0 in range(0, n, _CHUNK):
         xd[i0 : i0 + _CHUNK] = l2n(fastscan.decode(levels, idx[i0 : i0 + _CHUNK]))
     print(f"codec: {cfg.short_name()}, {params.code_size} bytes per vector, encoded in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
 
     xq_s, xq_b = xq[: args.serving], xq[: args.batch]
-    rows: list[Row] = []
-    truth: dict = {"decoded": xd, "float": xb}
+    done: list[tuple[Row, np.ndarray, np.ndarray]] = []
 
-    def flat(x: np.ndarray) -> tuple[faiss.Index, float]:
+    def add(name: str, index, build_s: float, code_bytes: float, search=None) -> None:
+        inner = index.inner if isinstance(index, indexes.FastScanIndex) else faiss.downcast_index(index)
+        search = search or (lambda q: index.search(q, k))
+        done.append(measure(name, type(inner).__name__, index, search, build_s, code_bytes, xq_s, xq_b, args.budget))
+
+    print("indexes:", flush=True)
+    for name, x in (("IndexFlatIP float32 (baseline)", xb), ("IndexFlatIP decoded (the engine's flat)", xd)):
         t0 = time.perf_counter()
         index = faiss.IndexFlatIP(d)
         index.add(x)
-        return index, time.perf_counter() - t0
-
-    # the two exact searches: their batch results are the ground truths
-    print("indexes:", flush=True)
-    for name, x, key in (("IndexFlatIP float32", xb, "float"), ("IndexFlatIP decoded (engine flat)", xd, "decoded")):
-        index, bt = flat(x)
-        D, _ = index.search(xq_b, k)
-        truth["kth_" + key] = D[:, k - 1]
-        if key == "decoded":
-            truth["kth_decoded"] = D[:, k - 1]
-        rows.append(None)  # placeholder, filled once both truths exist
-        rows[-1] = (name, index, bt, 4 * d)
-    measured = []
-    for name, index, bt, cb in rows:
-        measured.append(measure(name, "IndexFlatIP", index, lambda q, index=index: index.search(q, k), bt, n, cb,
-                                xq_s, xq_b, truth, args.budget)[0])
+        add(name, index, time.perf_counter() - t0, 4 * d)
         del index
-    rows = measured
-
-    def add(name: str, index, build_s: float, code_bytes: float, search) -> None:
-        rows.append(measure(name, type(faiss.downcast_index(index) if isinstance(index, faiss.Index) else
-                                       index.inner).__name__ if name else "", index, search, build_s, n, code_bytes,
-                            xq_s, xq_b, truth, args.budget)[0])
+    # exact batch results of the two flat indexes are the ground truths
+    kth = {"float": done[0][1][:, k - 1], "decoded": done[1][1][:, k - 1]}
 
     if "sq" not in args.skip:
         for qt, label, cb in ((faiss.ScalarQuantizer.QT_8bit, "SQ8", d), (faiss.ScalarQuantizer.QT_4bit, "SQ4", d / 2)):
             index = faiss.IndexScalarQuantizer(d, qt, faiss.METRIC_INNER_PRODUCT)
-            bt = trained(index, xb, 100_000, args.seed)
-            add(f"IndexScalarQuantizer {label}", index, bt, cb, lambda q, index=index: index.search(q, k))
+            add(f"IndexScalarQuantizer {label}", index, trained(index, xb, 100_000, args.seed), cb)
             del index
-    m_pq = max(1, d // 4)  # bytes per vector = Q-2 h=4 code size at d dims
+    m_pq = max(1, d // 4)  # 8-bit sub-quantizers: as many bytes per vector as Q-2 h=4 codes
     if "pq" not in args.skip:
         index = faiss.IndexPQ(d, m_pq, 8, faiss.METRIC_INNER_PRODUCT)
-        bt = trained(index, xb, 65_536, args.seed)
-        add(f"IndexPQ {m_pq}x8 (trained)", index, bt, m_pq, lambda q, index=index: index.search(q, k))
+        add(f"IndexPQ {m_pq}x8 (trained)", index, trained(index, xb, 65_536, args.seed), m_pq)
         del index
         index = faiss.IndexPQFastScan(d, 2 * m_pq, 4, faiss.METRIC_INNER_PRODUCT)
-        bt = trained(index, xb, 65_536, args.seed)
-        add(f"IndexPQFastScan {2 * m_pq}x4 (trained, no re-rank)", index, bt, m_pq,
-            lambda q, index=index: index.search(q, k))
+        add(f"IndexPQFastScan {2 * m_pq}x4 (trained, no re-rank)", index, trained(index, xb, 65_536, args.seed),
+            m_pq)
         del index
     if "hnsw" not in args.skip:
         index = faiss.IndexHNSWFlat(d, args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = args.ef_search
-        bt = trained(index, xb, 0, args.seed)
-        add(f"IndexHNSWFlat M={args.hnsw_m} efSearch={args.ef_search} (float32)", index, bt, 4 * d,
-            lambda q, index=index: index.search(q, k))
+        add(f"IndexHNSWFlat M={args.hnsw_m} efSearch={args.ef_search}", index, trained(index, xb, 0, args.seed),
+            4 * d)
         del index
 
     ids = np.arange(n, dtype=np.int64)
     for rr in args.rerank:
         t0 = time.perf_counter()
         index = indexes.build_fastscan(levels, idx, ids, indexes.IndexConfig("fastscan", rerank=rr))
-        bt = time.perf_counter() - t0
-        add(f"fastscan Q-2 h={args.levels} + re-rank {rr}", index, bt, index.code_size,
+        add(f"fastscan Q-2 h={args.levels} + re-rank {rr}", index, time.perf_counter() - t0, index.code_size,
             lambda q, index=index: indexes.search(index, q, k))
         del index
     if "ivf" not in args.skip:
@@ -214,25 +196,29 @@ def run(args: argparse.Namespace) -> dict:
         cfgi = indexes.IndexConfig("ivf-fastscan", nlist=args.nlist, rerank=args.ivf_rerank)
         index = indexes.build_fastscan(levels, idx, ids, cfgi)
         bt = time.perf_counter() - t0
-        nlist = index.inner.nlist
         for nprobe in args.nprobe:
-            add(f"ivf-fastscan nlist={nlist} nprobe={nprobe} + re-rank {args.ivf_rerank}", index, bt,
+            add(f"ivf-fastscan nlist={index.inner.nlist} nprobe={nprobe} + re-rank {args.ivf_rerank}", index, bt,
                 index.code_size, lambda q, index=index, nprobe=nprobe: indexes.search(index, q, k, nprobe))
         del index
 
-    base = rows[0]
-    for r in rows:
+    rows = []
+    base = done[0][0]
+    for r, _, I in done:
+        r.recall_decoded = recall(I, xq_b, xd, kth["decoded"])
+        r.recall_float = recall(I, xq_b, xb, kth["float"])
         r.memory_ratio = base.bytes_per_vector / r.bytes_per_vector
         r.serving_x = r.serving_qps / base.serving_qps
         r.batch_x = r.batch_qps / base.batch_qps
+        rows.append(r)
     result = {
-        "command": " ".join(["python -m bench.search"] + sys.argv[1:]),
+        "command": " ".join(["python -m bench.search"] + (sys.argv[1:] if args.argv is None else args.argv)),
         "data": {"n": n, "d": d, "clusters": args.clusters, "seed": args.seed,
                  "kind": "synthetic Gaussian mixture, per-dimension std (1+j)^-0.5, rows L2-normalised"},
         "codec": cfg.to_dict() | {"code_size": params.code_size},
         "k": k, "threads": args.threads, "batch_queries": len(xq_b), "serving_queries_max": len(xq_s),
-        "serving_budget_s": args.budget, "faiss": faiss.__version__, "machine": platform.processor() or
-        platform.machine(), "rows": [asdict(r) for r in rows],
+        "serving_budget_s": args.budget, "faiss": faiss.__version__,
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "rows": [asdict(r) for r in rows],
     }
     print(table(rows, k))
     return result
@@ -274,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
+    args.argv = argv
     result = run(args)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

@@ -1,6 +1,7 @@
 """The ``retr`` command line: thin click commands over the library."""
 
 from . import demo as _demo  # noqa: F401  (each module registers its commands on `main`)
+from . import eval as _eval  # noqa: F401
 from .main import main
 
 __all__ = ["main"]

@@ -17,6 +17,7 @@ from ..retrieval.backbones import DEFAULT_BACKBONE, list_backbones
 from ..retrieval.codec import CodecConfig
 from ..retrieval.encoder import EncoderConfig
 from ..retrieval.errors import RetrError
+from ..retrieval.images import printable
 from ..retrieval.pooling import POOLINGS
 
 
@@ -148,9 +149,9 @@ def query_cmd(images, db, k, symmetric, nprobe, device, as_json):
                               indent=1))
         return
     for r in results:
-        click.echo(f"# {r.query}")
+        click.echo(f"# {printable(r.query)}")
         for m in r.results:
-            click.echo(f"{m.rank:4d}  {m.score:.4f}  {m.path}")
+            click.echo(f"{m.rank:4d}  {m.score:.4f}  {printable(m.path)}")
 
 
 @main.command("info")
@@ -166,7 +167,7 @@ def info_cmd(db, as_json):
     codec = CodecConfig.from_dict(i.codec).short_name() if i.codec else "(not fitted yet)"
     raw = 4 * i.descriptor_dim
     click.echo(f"database     {i.db} (format {i.format_version}, {i.disk_bytes / 2**20:.1f} MiB on disk)")
-    click.echo(f"root         {i.root}")
+    click.echo(f"root         {printable(i.root)}")
     click.echo(f"images       {i.count}")
     click.echo(f"encoder      {enc}")
     click.echo(f"codec        {codec}")
@@ -180,7 +181,7 @@ def info_cmd(db, as_json):
         click.echo(f"features     {i.features_kept} raw descriptors kept (refit possible)")
     click.echo(f"skipped      {len(i.skipped)} files")
     for p, reason in sorted(i.skipped.items()):
-        click.echo(f"  {p}: {reason}")
+        click.echo(f"  {printable(p)}: {reason}")
 
 
 @main.command("check")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import dataclasses
 import datetime
 import html
 import importlib.metadata
@@ -64,12 +63,6 @@ _LABELS = {
     "opq": "OPQ",
 }
 _STEMS = {"dr1": "dr-1", "dr2": "dr-2", "q1": "q-1", "q2": "q-2", "qb64": "q-b", "qb32": "q-b32"}
-_VARIANT_WORDS = {
-    "quantile": "the range of each quantizer is set by low/high quantiles of the training values instead "
-    "of their minimum and maximum, so a few outliers do not stretch the levels",
-    "sigma": "the range of each dimension is its mean ± a few standard deviations of the training values "
-    "instead of its minimum and maximum, so a few outliers do not stretch the levels",
-}
 _COLORS = {
     "dr1": "C0",
     "dr2": "C1",
@@ -118,10 +111,6 @@ def _experiments(result: GridResult) -> list[str]:
     return sorted(seen, key=key)
 
 
-def _points(result: GridResult, exp: str) -> list[Point]:
-    return [p for p in result.points if p.experiment == exp]
-
-
 def metric_column(metric: str) -> str:
     """Column name of a metric as in the reference CSVs: "map" -> "mAP", "accuracy" -> "Acc",
     a retrieval protocol "medium" -> "mAP (medium)"; any other name is kept."""
@@ -155,38 +144,6 @@ def _pct_label(dims: int, n: int) -> str:
 # Tables (shared by the CSVs and the HTML page)
 
 
-@dataclasses.dataclass(frozen=True)
-class Dr1Row:
-    """One DR-1 size aggregated over its repetitions; scores per metric on the 0-100 scale."""
-
-    dims: int
-    mean: dict[str, float]
-    sd: dict[str, float]
-    bytes_per_vector: float
-    compression: float
-
-
-def dr1_rows(result: GridResult, exp: str = "dr1") -> list[Dr1Row]:
-    """DR-1 aggregated over repetitions: one row per kept size, by increasing dimensions.
-
-    mean and sd map each metric to the mean and the sample SD (ddof=1; 0 for a single repetition) of the
-    repetitions' scores (0-100 scale).
-    """
-    by_dims: dict[int, list[Point]] = {}
-    for p in _points(result, exp):
-        by_dims.setdefault(int(p.dims), []).append(p)
-    rows = []
-    for d in sorted(by_dims):
-        ps = by_dims[d]
-        mean, sd = {}, {}
-        for m in result.metric_names:
-            s = np.array([p.scores[m] for p in ps], dtype=np.float64)
-            mean[m] = float(s.mean())
-            sd[m] = float(s.std(ddof=1)) if len(s) > 1 else 0.0
-        rows.append(Dr1Row(d, mean, sd, float(ps[0].bytes_per_vector), float(ps[0].compression)))
-    return rows
-
-
 def _key_columns(exp: str) -> list[str]:
     fam = _family(exp)
     if fam == "dr1":
@@ -197,42 +154,38 @@ def _key_columns(exp: str) -> list[str]:
         return ["Layer", "Values"]
     if fam.startswith("qb"):
         return ["Layer", "Removed Bits"]
+    if fam in ("pq", "opq"):
+        # PQ points differ by their code size only (the Bytes per vector column); OPQ also by its output size.
+        return ["Layer", "Dimensions"]
     return ["Layer", "Dimensions", "Values"]
-
-
-def _sort_key(p: Point) -> tuple:
-    return (int(p.dims), p.levels or 0, p.removed_bits or 0, p.bytes_per_vector, p.rep or 0)
 
 
 def experiment_table(
     result: GridResult, exp: str, metrics: Sequence[str]
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (as formatted strings) of one experiment for the given metrics, in the reference
-    CSV format plus ``Bytes per vector,Compression (%)``. DR-1 rows are aggregated over repetitions."""
+    """Header and rows (formatted strings) of one experiment for the given metrics, in the reference CSV
+    format plus ``Bytes per vector,Compression (%)``; rows from ``result.table`` (repetitions averaged,
+    by increasing dims / levels / removed bits). DR-1 has a ``SD <metric>`` column after each metric."""
+    sd = _family(exp) == "dr1"
     keys = _key_columns(exp)
-    extra = ["Bytes per vector", "Compression (%)"]
-    if _family(exp) == "dr1":
-        header = keys + [c for m in metrics for c in (metric_column(m), "SD " + metric_column(m))] + extra
-        rows = [
-            [str(r.dims)]
-            + [v for m in metrics for v in (_f6(r.mean[m]), _f6(r.sd[m]))]
-            + [_f6(r.bytes_per_vector), _f6(100 * r.compression)]
-            for r in dr1_rows(result, exp)
-        ]
-        return header, rows
-    header = keys + [metric_column(m) for m in metrics] + extra
+    header = list(keys)
+    for m in metrics:
+        header += [metric_column(m), "SD " + metric_column(m)] if sd else [metric_column(m)]
+    header += ["Bytes per vector", "Compression (%)"]
+    tables = [result.table(exp, m) for m in metrics]
     cells = {
-        "Layer": lambda p: str(result.layer),
-        "Dimensions": lambda p: _int(p.dims),
-        "Values": lambda p: _int(p.levels),
-        "Removed Bits": lambda p: _int(p.removed_bits),
+        "Layer": lambda r: str(result.layer),
+        "Dimensions": lambda r: _int(r["dims"]),
+        "Values": lambda r: _int(r["levels"]),
+        "Removed Bits": lambda r: _int(r["removed_bits"]),
     }
-    rows = [
-        [cells[k](p) for k in keys]
-        + [_f6(p.scores[m]) for m in metrics]
-        + [_f6(p.bytes_per_vector), _f6(100 * p.compression)]
-        for p in sorted(_points(result, exp), key=_sort_key)
-    ]
+    rows = []
+    for per_metric in zip(*tables):
+        r0 = per_metric[0]
+        row = [cells[k](r0) for k in keys]
+        for r in per_metric:
+            row += [_f6(r["score"]), _f6(r["sd"])] if sd else [_f6(r["score"])]
+        rows.append(row + [_f6(r0["bytes_per_vector"]), _f6(100 * r0["compression"])])
     return header, rows
 
 
@@ -428,18 +381,15 @@ def _plot_dr(result: GridResult, exps: list[str], relative: bool, title: str, pa
         base = result.baseline[m]
         scale = 100.0 / base if relative else 1.0
         for exp in exps:
+            rows = result.table(exp, m)
+            x = np.array([_pct_dims(r["dims"], result.n) for r in rows])
+            y = np.array([r["score"] for r in rows]) * scale
             color = _COLORS.get(_family(exp))
             if _family(exp) == "dr1":
-                rows = dr1_rows(result, exp)
-                x = np.array([_pct_dims(r.dims, result.n) for r in rows])
-                y = np.array([r.mean[m] for r in rows]) * scale
-                sd = np.array([r.sd[m] for r in rows]) * scale
+                sd = np.array([r["sd"] for r in rows]) * scale
                 ax.plot(x, y, marker=".", color=color, label=f"{experiment_label(exp)} (mean ± SD)")
                 ax.fill_between(x, y - sd, y + sd, color=color, alpha=0.25, linewidth=0)
             else:
-                ps = sorted(_points(result, exp), key=_sort_key)
-                x = np.array([_pct_dims(p.dims, result.n) for p in ps])
-                y = np.array([p.scores[m] for p in ps]) * scale
                 ax.plot(x, y, marker=".", color=color, label=experiment_label(exp))
         _baseline_line(ax, 100.0 if relative else base)
         ax.set_xlabel(f"dimensions kept (% of {result.n})")
@@ -457,10 +407,10 @@ def _plot_lines(result: GridResult, exps: list[str], xattr: str, xlabel: str, ti
     fig, axes = _figure(len(ms))
     for ax, m in zip(axes, ms):
         for exp in exps:
-            ps = sorted(_points(result, exp), key=lambda p: getattr(p, xattr))
+            rows = sorted(result.table(exp, m), key=lambda r: r[xattr])
             ax.plot(
-                [getattr(p, xattr) for p in ps],
-                [p.scores[m] for p in ps],
+                [r[xattr] for r in rows],
+                [r["score"] for r in rows],
                 marker=".",
                 color=_COLORS.get(_family(exp)),
                 linestyle="--" if _variant(exp) else "-",
@@ -477,7 +427,7 @@ def _plot_lines(result: GridResult, exps: list[str], xattr: str, xlabel: str, ti
 
 
 def _plot_heatmap(result: GridResult, exp: str, m: str, title: str, path: Path) -> Path:
-    ps = _points(result, exp)
+    ps = result.aggregate(exp)
     dims = sorted({int(p.dims) for p in ps})
     levels = sorted({int(p.levels) for p in ps})
     score = np.full((len(dims), len(levels)), np.nan)
@@ -532,7 +482,7 @@ def _plot_bytes(result: GridResult, exps: list[str], title: str, path: Path) -> 
     fig, axes = _figure(len(ms))
     for ax, m in zip(axes, ms):
         for exp in exps:
-            ps = _points(result, exp)
+            ps = result.aggregate(exp)
             b = np.array([p.bytes_per_vector for p in ps], dtype=np.float64)
             s = np.array([p.scores[m] for p in ps], dtype=np.float64)
             color = _COLORS.get(_family(exp))
@@ -611,8 +561,23 @@ def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Pat
 # HTML
 
 
-def _explanation(exp: str, n: int) -> str:
-    """What an experiment does, in plain words, with the compression it implies for n dimensions."""
+def _range_words(spec: str | None) -> str:
+    """A quantizer range of the codec ("quantile:0.001", "sigma:3") in words."""
+    kind, _, arg = (spec or "").partition(":")
+    try:
+        v = float(arg)
+    except ValueError:
+        return f"the range {spec!r}" if spec else "a robust range"
+    if kind == "quantile":
+        return f"the {100 * v:g}% and {100 * (1 - v):g}% quantiles of the training values"
+    if kind == "sigma":
+        return f"the training mean ± {v:g} standard deviations"
+    return f"the range {spec!r}"
+
+
+def _explanation(exp: str, n: int, ranges: dict) -> str:
+    """What an experiment does, in plain words, with the compression it implies for n dimensions;
+    ranges: the grid's {variant name: codec range} (result.settings["ranges"]) for the "-<variant>" ones."""
     fam, var = _family(exp), _variant(exp)
     full = 4 * n
     text = {
@@ -646,8 +611,11 @@ def _explanation(exp: str, n: int) -> str:
         "over the sub-vectors; same size as PQ, usually a better score.",
     }.get(fam, f"Experiment {exp}.")
     if var:
-        words = _VARIANT_WORDS.get(var, f"the range of the levels is set by the '{var}' rule")
-        return f"As {_LABELS.get(fam, fam.upper())}, but {words}."
+        return (
+            f"As {_LABELS.get(fam, fam.upper())}, but the levels span {_range_words(ranges.get(var))} "
+            "instead of the minimum and maximum, so a few outliers do not stretch them (values outside "
+            "are clipped to the end levels)."
+        )
     return text
 
 
@@ -694,10 +662,10 @@ def write_html(
         ),
         "<h2>Experiments</h2><dl>",
     ]
+    ranges = result.settings.get("ranges", {})
     for exp in exps:
-        parts.append(
-            f"<dt><b>{esc(experiment_label(exp))}</b></dt><dd>{esc(_explanation(exp, result.n))}</dd>"
-        )
+        words = _explanation(exp, result.n, ranges)
+        parts.append(f"<dt><b>{esc(experiment_label(exp))}</b></dt><dd>{esc(words)}</dd>")
     parts.append("</dl>")
     if plots:
         parts.append("<h2>Figures</h2>")

@@ -30,8 +30,8 @@ import numpy as np
 from ..retrieval.errors import ConfigError, DatasetError
 from .metrics import accuracy, voc_map
 
-SOLVERS = ("torch", "sklearn")
-DEFAULT_SOLVER = "torch"
+SOLVERS = ("auto", "torch", "sklearn")
+DEFAULT_SOLVER = "torch"  # what "auto" picks: faster than LinearSVC on VOC-sized problems (module doc)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,24 +63,29 @@ def train_ovr(
     x: np.ndarray,
     y: np.ndarray,
     C: float = 1.0,
-    solver: str = DEFAULT_SOLVER,
-    device: str = "cpu",
+    solver: str = "auto",
+    device: str = "auto",
     tol: float = 1e-6,
 ) -> LinearModel:
     """Train one L2-loss linear SVM per class (module doc).
 
     x: (n, d) float features (the paper L2-normalises them first; this function takes them as they are);
     y: (n, C) int labels in {1, -1, 0}, 0 = left out of that class's training; C: regularisation constant;
-    solver: "torch" (batched Newton, any torch `device`) or "sklearn" (LinearSVC, CPU); tol: the torch
-    solver's relative gradient-norm tolerance. Raises DatasetError when a class lacks positives or negatives.
+    solver: "torch" (batched Newton), "sklearn" (LinearSVC, CPU) or "auto" (DEFAULT_SOLVER); device: the
+    torch solver's device, "auto" = CUDA when available, else CPU; tol: the torch solver's relative
+    gradient-norm tolerance. Raises DatasetError when a class lacks positives or negatives.
     """
     if solver not in SOLVERS:
         raise ConfigError(f"unknown SVM solver {solver!r}; use one of {', '.join(SOLVERS)}")
     if not C > 0:
         raise ConfigError(f"the SVM constant C must be positive, not {C!r}")
     x, y = _check(x, y)
-    if solver == "sklearn":
+    if (DEFAULT_SOLVER if solver == "auto" else solver) == "sklearn":
         return _train_sklearn(x, y, C)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return _train_torch(x, y, C, device, tol)
 
 
@@ -114,8 +119,8 @@ def _train_torch(x: np.ndarray, y: np.ndarray, cost: float, device: str, tol: fl
     # the bias as a constant feature 1 (LIBLINEAR's bias handling: its weight is regularised)
     X = torch.ones((n, d + 1), dtype=f64, device=dev)
     X[:, :d] = torch.as_tensor(np.asarray(x), device=dev).to(f64)
-    # Hessian-vector products only steer the search direction: float32 and a transposed copy (for a
-    # contiguous matmul) make them about 3x faster; gradients and objectives stay float64
+    # The search direction (conjugate gradients on Hessian-vector products) only steers: float32 and a
+    # transposed copy (a contiguous matmul) make it about 3x faster. Gradients and objectives stay float64.
     X32 = X.to(f32)
     Xt32 = X32.T.contiguous()
     X2 = X32 * X32
@@ -144,10 +149,9 @@ def _train_torch(x: np.ndarray, y: np.ndarray, cost: float, device: str, tol: fl
         u = (two_c * na).sqrt() * mu
 
         def hess(V: torch.Tensor) -> torch.Tensor:
-            V32 = V.to(f32)
-            return (V32 + two_c * (A.T * (V32 @ Xt32)) @ X32).to(f64)
+            return V + two_c * (A.T * (V @ Xt32)) @ X32
 
-        S = _pcg(hess, -G, _rank_one_inverse(diag.to(f64), u.to(f64)), tol_rel=0.1, todo=todo)
+        S = _pcg(hess, -G.to(f32), _rank_one_inverse(diag, u), tol_rel=0.1, todo=todo).to(f64)
         Zs = X @ S.T
         gs = (G * S).sum(1)
         ww, ws, ss = (W * W).sum(1), (W * S).sum(1), (S * S).sum(1)
@@ -224,11 +228,11 @@ def evaluate_classification(
     xte: np.ndarray,
     yte: np.ndarray,
     metric: str = "map",
-    solver: str = DEFAULT_SOLVER,
+    solver: str = "auto",
     C: float = 1.0,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> float:
-    """Train on (xtr, ytr), score xte, return the metric in percent (0-100, the paper's scale).
+    """Train on (xtr, ytr), score xte, return the metric as a fraction in [0, 1] (metrics.py's convention).
 
     xtr (n, d), xte (m, d) float features (already stressed and L2-normalised by the caller, e.g.
     stress.run_grid); ytr (n, C), yte (m, C) int labels in {1, -1, 0}. metric "map": VOC 2007 11-point
@@ -242,5 +246,5 @@ def evaluate_classification(
         raise DatasetError("accuracy needs exactly one positive label per test example; use metric map")
     scores = decision(train_ovr(xtr, ytr, C=C, solver=solver, device=device), xte)
     if metric == "map":
-        return 100.0 * voc_map(scores, yte, method="11point")[0]
-    return 100.0 * accuracy(scores.argmax(1), yte.argmax(1))
+        return voc_map(scores, yte, method="11point")[0]
+    return accuracy(scores.argmax(1), yte.argmax(1))

@@ -7,12 +7,17 @@
 Indexing streams: a thread pool decodes and preprocesses images ahead of the forward pass; each batch is one LMDB
 write transaction. On the first run descriptors are staged in the store (``features``) until the codec is fitted on
 a seeded sample of them, committed, and applied to every staged descriptor; later runs reuse the frozen codec.
-A run that is interrupted resumes where its last committed batch ended.
+
+A run that is interrupted (even by ``kill -9``) resumes where its last committed batch ended, and ends with the
+database an uninterrupted run would have built, bit for bit: batches are formed from the decodable files in path
+order, so the files left after a crash start at a batch boundary and every forward pass sees the same batch as in an
+uninterrupted run; staged descriptors are coded in chunks fixed by their ids (``id // batch_size``), for the same
+reason (a matrix product's rounding can depend on how many rows it has).
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 import os
 import time
@@ -27,7 +32,7 @@ from . import codec as codec_mod
 from .codec import CodecConfig, CodecParams
 from .encoder import Encoder, EncoderConfig
 from .errors import ConfigError, DatabaseError
-from .images import Skipped, iter_decoded, read_image, relative_key, walk_images
+from .images import Skipped, iter_decoded, os_reason, read_image, relative_key, walk_images
 from .store import FileRecord, Store
 
 INDEX_FILE = "index.faiss"
@@ -112,14 +117,6 @@ def _check_same(kind: str, stored: dict, asked: dict, db: Path) -> None:
                           "or drop the contradicting options")
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # -- indexing -------------------------------------------------------------------------------------------------------
 def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: EncoderConfig | None = None,
                  codec: CodecConfig | None = None, index: indexes.IndexConfig | None = None, *,
@@ -135,17 +132,25 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder of images")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be 1 or more, got {batch_size}")
     db = Path(db)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     with Store(db, write=True, create=True) as store:
+        for tmp in db.glob(f"{INDEX_FILE}.*.tmp"):  # left by a run killed while saving the index
+            tmp.unlink(missing_ok=True)
         enc_cfg = _resolve_encoder(store, encoder, codec_from)
         params = _resolve_codec(store, codec, codec_from, enc_cfg, refit)
         root = os.path.abspath(folder)
         stored_root = store.get_meta("root")
         if stored_root is not None and os.fsdecode(stored_root) != root and store.count() > 0:
             raise ConfigError(f"{db} indexes {os.fsdecode(stored_root)}, not {root}; use another --db")
-        store.put_meta({"root": os.fsencode(root)})
+        if stored_root != os.fsencode(root):
+            store.put_meta({"root": os.fsencode(root)})
+        scan = store.scan(None if params is None else params.code_size, 4 * enc_cfg.dim)
+        if scan.damaged:  # never after a crash; after outside damage, what is lost is encoded again below
+            store.heal(scan)
 
         paths, walk_skips = walk_images(folder)
         known = store.files()
@@ -157,8 +162,8 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
             seen.add(rel)
             try:
                 st = p.stat()
-            except OSError as e:
-                walk_skips.append(Skipped(rel, f"cannot stat: {e.strerror}"))
+            except OSError as e:  # gone or changed since the walk listed it
+                walk_skips.append(Skipped(rel, os_reason(e)))
                 continue
             old = known.get(rel)
             if old is not None and old[1].size == st.st_size and old[1].mtime_ns == st.st_mtime_ns:
@@ -178,21 +183,24 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
             skipped.update(_encode_into(store, enc, params, todo, batch_size, workers, timeout_s, keep_features,
                                         progress, timings))
         # skipped files are never stored, so every run retries them: this run's list replaces the old one
-        store.set_skipped(skipped, clear=store.skipped())
+        old_skipped = store.skipped()
+        if skipped != old_skipped:
+            store.set_skipped(skipped, clear=old_skipped)
 
         fitted = False
         if params is None or refit:
             params = _fit_codec(store, enc_cfg, codec or DEFAULT_CODEC, train_size, seed, timings)
             fitted = True
-        _finish_codes(store, params, enc_cfg.dim, keep_features, progress, timings)
+        _finish_codes(store, params, enc_cfg.dim, keep_features, batch_size, progress, timings)
         t = time.perf_counter()
         _refresh_index(store, params, index or indexes.IndexConfig())
         timings["index"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        n_updated = sum(1 for t in todo if t[3] is not None)
-        return IndexReport(db=db, added=len(todo) - n_updated - sum(1 for t in todo if t[1] in skipped),
-                           updated=n_updated, removed=removed, unchanged=unchanged, skipped=store.skipped(),
-                           total=store.count(), code_size=params.code_size, codec_fitted=fitted, timings=timings)
+        done = [t for t in todo if t[1] not in skipped]
+        n_updated = sum(1 for t in done if t[3] is not None)
+        return IndexReport(db=db, added=len(done) - n_updated, updated=n_updated, removed=removed,
+                           unchanged=unchanged, skipped=store.skipped(), total=store.count(),
+                           code_size=params.code_size, codec_fitted=fitted, timings=timings)
 
 
 def _resolve_encoder(store: Store, asked: EncoderConfig | None, codec_from) -> EncoderConfig:
@@ -256,9 +264,8 @@ def _encode_into(store: Store, enc: Encoder, params: CodecParams | None, todo, b
         x = enc.encode_batch([b[1] for b in batch])
         t_fwd += time.perf_counter() - t
         t = time.perf_counter()
-        recs = []
-        for (p, rel, st, _), _ in batch:
-            recs.append(FileRecord(rel, st.st_size, st.st_mtime_ns, _file_hash(p)))
+        # size, time and hash of the bytes actually decoded, not of the earlier stat
+        recs = [FileRecord(rel, st.size, st.mtime_ns, st.blake2b) for (_, rel, _, _), _, st in batch]
         codes = codec_mod.encode(params, x) if params is not None else None
         feats = x if (params is None or keep_features) else None
         store.add(recs, codes=codes, features=feats, replace_ids=[b[0][3] for b in batch if b[0][3] is not None])
@@ -267,17 +274,20 @@ def _encode_into(store: Store, enc: Encoder, params: CodecParams | None, todo, b
         batch.clear()
 
     items = iter_decoded([t[0] for t in todo], workers=workers, timeout_s=timeout_s, transform=enc.preprocess,
-                         draft_size=draft)
-    for i, _, result in items:
-        if isinstance(result, Skipped):
-            skipped[todo[i][1]] = result.reason
-            bar.update(1)
-            continue
-        batch.append((todo[i], result))
-        if len(batch) == batch_size:
-            flush()
-    flush()
-    bar.close()
+                         draft_size=draft, stamp=True)
+    try:
+        for i, _, result in items:
+            if isinstance(result, Skipped):
+                skipped[todo[i][1]] = result.reason
+                bar.update(1)
+                continue
+            batch.append((todo[i], *result))
+            if len(batch) == batch_size:
+                flush()
+        flush()
+    finally:
+        items.close()  # a failed write: stop the decoding threads now
+        bar.close()  # and end the progress line before the error is printed
     timings.update(encode=time.perf_counter() - t0, forward=t_fwd, store=t_store)
     # a changed file that no longer decodes must not keep its old code
     stale = [t[3] for t in todo if t[3] is not None and t[1] in skipped]
@@ -297,16 +307,20 @@ def _fit_codec(store: Store, enc: EncoderConfig, config: CodecConfig, train_size
     sample = all_ids if len(all_ids) <= train_size else sorted(rng.choice(all_ids, train_size, replace=False).tolist())
     _, x = next(store.iter_arrays("features", enc.dim, "<f4", batch=len(sample), ids=sample))
     params = codec_mod.fit(np.asarray(x, np.float32), config)
-    store.clear("codes")
-    store.put_meta({"codec": params.to_bytes()})  # committed before any code that depends on it
+    # one transaction: the new codec and no code of an older one; committed before any code that depends on it
+    store.put_meta({"codec": params.to_bytes()}, clear=("codes",))
     timings["fit"] = time.perf_counter() - t
     return params
 
 
-def _finish_codes(store: Store, params: CodecParams, d: int, keep_features: bool, progress: bool,
-                  timings: dict, batch: int = 4096) -> None:
-    """Give a code to every stored file that lacks one (staged on the first run, or after a crash or a refit)."""
-    with_code = {int(i) for ids, _ in store.iter_arrays("codes", params.code_size, "u1") for i in ids}
+def _finish_codes(store: Store, params: CodecParams, d: int, keep_features: bool, batch: int, progress: bool,
+                  timings: dict) -> None:
+    """Give a code to every stored file that lacks one (staged on the first run, or after a crash or a refit).
+
+    One transaction per chunk of ids ``id // batch``: a chunk is all coded or not at all, so after a crash the
+    remaining chunks are whole and each is encoded exactly as in an uninterrupted run.
+    """
+    with_code = set(store.sizes("codes"))
     missing = sorted(i for i, _ in store.files().values() if i not in with_code)
     if not missing:
         if not keep_features and store.count("features"):
@@ -314,12 +328,17 @@ def _finish_codes(store: Store, params: CodecParams, d: int, keep_features: bool
         return
     t = time.perf_counter()
     bar = tqdm(total=len(missing), desc="coding", unit="vec", disable=not progress)
-    for s in range(0, len(missing), batch):
-        ids = missing[s:s + batch]
-        _, x = next(store.iter_arrays("features", d, "<f4", batch=len(ids), ids=ids))
-        store.put_codes(ids, codec_mod.encode(params, np.asarray(x, np.float32)), drop_features=not keep_features)
-        bar.update(len(ids))
-    bar.close()
+    try:
+        for _, chunk in itertools.groupby(missing, key=lambda i: i // batch):
+            ids = list(chunk)
+            _, x = next(store.iter_arrays("features", d, "<f4", batch=len(ids), ids=ids))
+            store.put_codes(ids, codec_mod.encode(params, np.asarray(x, np.float32)),
+                            drop_features=not keep_features)
+            bar.update(len(ids))
+    finally:
+        bar.close()
+    if not keep_features and store.count("features"):
+        store.clear("features")  # descriptors of files no longer stored (pruned while staged)
     timings["coding"] = time.perf_counter() - t
 
 
@@ -337,12 +356,17 @@ def _l2n(x: np.ndarray) -> np.ndarray:
 
 
 def _refresh_index(store: Store, params: CodecParams, config: indexes.IndexConfig):
-    """Load the saved index if it matches the store's fingerprint, else rebuild it and save it atomically."""
+    """Load the saved index if it matches the store's fingerprint, else rebuild it and save it atomically.
+
+    The fingerprint and the codes come from one snapshot, so an index saved while another process writes is labelled
+    with the state it was built from."""
     path = store.path / INDEX_FILE
-    fp = _fingerprint(store, params)
-    idx = indexes.load_index(path, fp, config)
+    with store.snapshot():
+        fp = _fingerprint(store, params)
+        idx = indexes.load_index(path, fp, config)
+        if idx is None:
+            ids, xb = _decoded_database(store, params)
     if idx is None:
-        ids, xb = _decoded_database(store, params)
         idx = indexes.build_index(xb, ids, config)
         try:
             indexes.save_index(idx, path, config, fp)

@@ -11,6 +11,7 @@ exact bytes, which is how the store encodes keys. Use `printable(key)` to show s
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import queue
@@ -39,6 +40,7 @@ IMAGE_EXTENSIONS = frozenset(
 )  # compared lower-case
 MIN_SIDE = 8  # px; smaller images carry nothing a CNN can use
 MAX_ASPECT_RATIO = 50.0  # long side / short side; beyond this the image is a strip, not a scene
+MAX_FILE_BYTES = 1 << 30  # a file is read whole before decoding; an image file this big exceeds the pixel limit anyway
 
 # Pillow plugins allowed to open a file: the formats of IMAGE_EXTENSIONS (the JPEG plugin also opens MPO, the
 # multi-picture JPEGs phones write). Limiting them keeps e.g. an EPS renamed .jpg away from Ghostscript.
@@ -58,6 +60,16 @@ class Skipped:
 
     path: str
     reason: str
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """The bytes an image was decoded from: size in bytes, modification time in ns (both from the open file) and
+    the blake2b-128 hex digest of exactly those bytes, so a record never pairs one version's pixels with another's."""
+
+    size: int
+    mtime_ns: int
+    blake2b: str
 
 
 class _Rejected(Exception):
@@ -80,7 +92,8 @@ def printable(path: str | bytes | os.PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _os_reason(e: OSError) -> str:
+def os_reason(e: OSError) -> str:
+    """Short human reason for an OS error on a file (``file not found (deleted?)``, ``permission denied``...)."""
     if isinstance(e, FileNotFoundError):
         return "file not found (deleted?)"
     if isinstance(e, PermissionError):
@@ -105,7 +118,7 @@ def walk_images(root: str | bytes | os.PathLike) -> tuple[list[Path], list[Skipp
     try:
         st = os.stat(root)
     except OSError as e:
-        raise ImageError(f"{printable(root)}: cannot open folder ({_os_reason(e)}); check the path") from e
+        raise ImageError(f"{printable(root)}: cannot open folder ({os_reason(e)}); check the path") from e
     if not stat.S_ISDIR(st.st_mode):
         raise ImageError(f"{printable(root)}: not a folder; pass the folder that holds the images")
 
@@ -128,7 +141,7 @@ def walk_images(root: str | bytes | os.PathLike) -> tuple[list[Path], list[Skipp
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda entry: os.fsencode(entry.name))
         except OSError as e:
-            skipped.append(Skipped(folder_key, _os_reason(e)))
+            skipped.append(Skipped(folder_key, os_reason(e)))
             continue
         for entry in entries:
             path = folder / entry.name
@@ -140,7 +153,7 @@ def walk_images(root: str | bytes | os.PathLike) -> tuple[list[Path], list[Skipp
                         os.stat(path)
                     except OSError as e:
                         broken = isinstance(e, FileNotFoundError)
-                        skipped.append(Skipped(key, "broken symlink" if broken else _os_reason(e)))
+                        skipped.append(Skipped(key, "broken symlink" if broken else os_reason(e)))
                         continue
                 if entry.is_dir():
                     (linked_dirs if entry.is_symlink() else real_dirs).append(path)
@@ -152,7 +165,7 @@ def walk_images(root: str | bytes | os.PathLike) -> tuple[list[Path], list[Skipp
                     else:
                         skipped.append(Skipped(key, "not a regular file"))
             except OSError as e:  # deleted or changed while we walked
-                skipped.append(Skipped(key, _os_reason(e)))
+                skipped.append(Skipped(key, os_reason(e)))
     images.sort(key=lambda p: os.fsencode(relative_key(p, root)))
     skipped.sort(key=lambda s: os.fsencode(s.path))
     return images, skipped
@@ -171,7 +184,7 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, _Rejected):
         return str(e)
     if isinstance(e, OSError) and e.strerror:  # from the OS (stat, open, read), not from a Pillow decoder
-        return _os_reason(e)
+        return os_reason(e)
     msg = str(e)
     if isinstance(e, EOFError) or "truncated" in msg.lower() or "EOF" in msg:
         return "truncated image"
@@ -243,6 +256,39 @@ def _decode(fp: BinaryIO, max_pixels: int | None, draft_size: tuple[int, int] | 
         return _to_rgb(ImageOps.exif_transpose(img))
 
 
+def _read_file(path: str | bytes | os.PathLike) -> tuple[bytes, os.stat_result]:
+    """The whole content of a regular file and its stat, both from one open file."""
+    st = os.stat(path)  # before open(): opening a FIFO would block
+    if stat.S_ISDIR(st.st_mode):
+        raise _Rejected("is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise _Rejected("not a regular file")
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size == 0:
+            raise _Rejected("empty file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise _Rejected(f"file too large ({st.st_size >> 20} MiB > {MAX_FILE_BYTES >> 20} MiB)")
+        data = f.read()
+    if not data:
+        raise _Rejected("empty file")
+    return data, st
+
+
+def read_image_stamped(
+    path: str | bytes | os.PathLike,
+    max_pixels: int | None = None,
+    draft_size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, FileStamp]:
+    """`read_image`, plus the `FileStamp` of the bytes decoded (the file is read once: no race with a writer)."""
+    try:
+        data, st = _read_file(path)
+        x = _decode(io.BytesIO(data), max_pixels, draft_size)
+    except (_Rejected, *_DECODE_ERRORS) as e:
+        raise ImageError(f"{printable(path)}: {_reason(e)}") from e
+    return x, FileStamp(len(data), st.st_mtime_ns, hashlib.blake2b(data, digest_size=16).hexdigest())
+
+
 def read_image(
     path: str | bytes | os.PathLike,
     max_pixels: int | None = None,
@@ -254,18 +300,7 @@ def read_image(
     draft_size: (w, h); a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale still at least this size.
     Raises ImageError('<path>: <reason>') for any bad file.
     """
-    try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise _Rejected("is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise _Rejected("not a regular file")
-        if st.st_size == 0:
-            raise _Rejected("empty file")
-        with open(path, "rb") as f:
-            return _decode(f, max_pixels, draft_size)
-    except (_Rejected, *_DECODE_ERRORS) as e:
-        raise ImageError(f"{printable(path)}: {_reason(e)}") from e
+    return read_image_stamped(path, max_pixels, draft_size)[0]
 
 
 def decode_image_bytes(
@@ -302,12 +337,17 @@ def _decode_one(
     transform: Callable[[np.ndarray], Any] | None,
     max_pixels: int | None,
     draft_size: tuple[int, int] | None,
+    stamp: bool,
 ) -> Any:
     try:
-        x = read_image(path, max_pixels=max_pixels, draft_size=draft_size)
+        if stamp:
+            x, st = read_image_stamped(path, max_pixels=max_pixels, draft_size=draft_size)
+        else:
+            x = read_image(path, max_pixels=max_pixels, draft_size=draft_size)
     except ImageError as e:
         return Skipped(relative_key(path, root), str(e).removeprefix(f"{printable(path)}: "))
-    return x if transform is None else transform(x)
+    x = x if transform is None else transform(x)
+    return (x, st) if stamp else x
 
 
 def iter_decoded(
@@ -318,8 +358,11 @@ def iter_decoded(
     transform: Callable[[np.ndarray], Any] | None = None,
     draft_size: tuple[int, int] | None = None,
     max_pixels: int | None = None,
+    stamp: bool = False,
 ) -> Iterator[tuple[int, Path, Any]]:
     """Decode `paths` on `workers` threads; yield (index, path, transform(image) or Skipped) in input order.
+
+    With `stamp`, a decoded file comes as (transform(image), FileStamp of the bytes decoded).
 
     Pillow releases the GIL while decoding, so threads decode in parallel; `transform` (e.g. resize and
     normalize) runs on the worker too. At most 4 * workers files are in flight. A bad file becomes Skipped
@@ -335,7 +378,7 @@ def iter_decoded(
         raise ConfigError(f"the decode timeout must be positive, got {timeout_s} s")
     paths = [Path(os.fsdecode(p)) for p in paths]
     decode = partial(_decode_one, root=root, transform=transform, max_pixels=max_pixels,
-                     draft_size=draft_size)
+                     draft_size=draft_size, stamp=stamp)
     return _iter_decoded(paths, root, workers, timeout_s, decode)
 
 

@@ -1,0 +1,174 @@
+"""``retr eval``: descriptors of a benchmark, the paper's stress grid over them, and a report.
+
+    evaluate(dataset, root, out, encoder, experiments) -> EvalResult
+
+Descriptors are computed once per (dataset, encoder) and cached as ``.npy`` under ``features_cache``; every experiment
+of the grid reuses them, and the grid caches each point under ``out/cache`` so an interrupted run resumes.
+Retrieval sets score mAP per protocol (codec fitted on the database descriptors, applied to database and queries);
+classification sets score a one-vs-rest linear SVM (C = 1) trained on the stressed training split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..retrieval.encoder import Encoder, EncoderConfig
+from ..retrieval.errors import DatasetError
+from ..retrieval.images import Skipped, iter_decoded, read_image
+from . import metrics, report, stress
+from .datasets import ClassificationDataset, RetrievalDataset, load_dataset
+from .svm import evaluate_classification
+
+PAPER_EXPERIMENTS = ("dr1", "dr2", "q1", "q2", "qb", "fc")
+
+
+@dataclass
+class EvalResult:
+    dataset: str
+    grid: stress.GridResult
+    out: Path
+    files: dict
+    seconds: float
+
+
+def dataset_fingerprint(paths: list[Path], extra: str = "") -> str:
+    """Names and sizes of the images (cheap, changes when the dataset does)."""
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        h.update(os.fsencode(p.name))
+        try:
+            h.update(str(p.stat().st_size).encode())
+        except OSError:
+            h.update(b"?")
+    return h.hexdigest()[:16]
+
+
+def compute_features(encoder: Encoder, paths: list[Path], bboxes: list | None = None, batch_size: int = 32,
+                     workers: int = 2, desc: str = "descriptors", progress: bool = True) -> np.ndarray:
+    """``(n, d) float32`` descriptors of ``paths`` (cropped to ``bboxes`` (x1, y1, x2, y2) where given).
+
+    A benchmark image that cannot be decoded is an error, not a skip: skipping would shift the ground truth.
+    """
+    out = np.zeros((len(paths), encoder.dim), np.float32)
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
+    if bboxes is not None and any(b is not None for b in bboxes):
+        for i, (p, b) in enumerate(zip(paths, bboxes)):
+            img = read_image(p)
+            if b is not None:
+                x1, y1, x2, y2 = (int(round(v)) for v in b)
+                img = img[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
+            out[i] = encoder([img])[0]
+            bar.update(1)
+        bar.close()
+        return out
+    idx, batch = [], []
+    for i, p, t in iter_decoded(paths, workers=workers, transform=encoder.preprocess):
+        if isinstance(t, Skipped):
+            raise DatasetError(f"{p}: {t.reason}; a benchmark image must decode (re-extract the dataset)")
+        idx.append(i)
+        batch.append(t)
+        if len(batch) == batch_size:
+            out[idx] = encoder.encode_batch(batch)
+            bar.update(len(batch))
+            idx, batch = [], []
+    if batch:
+        out[idx] = encoder.encode_batch(batch)
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def cached_features(cache: Path | None, key: str, fn) -> np.ndarray:
+    """``fn()`` cached as ``cache/key.npy`` (written atomically)."""
+    if cache is None:
+        return fn()
+    f = cache / f"{key}.npy"
+    if f.exists():
+        return np.load(f, allow_pickle=False)
+    x = fn()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp.npy")
+    np.save(tmp, x)
+    os.replace(tmp, f)
+    return x
+
+
+def retrieval_scores(ds: RetrievalDataset):
+    """score_fn for the grid: ``(xdb (n, d), xq (m, d)) -> {protocol: mAP 0-100, ...}``."""
+    def score(xdb: np.ndarray, xq: np.ndarray) -> dict[str, float]:
+        ranks = np.argsort(-(xq @ xdb.T), axis=1, kind="stable").T  # (n_db, n_q), revisitop's layout
+        if ds.protocols == ("easy", "medium", "hard"):
+            res = metrics.revisited_protocols(ranks, ds.gnd)
+            return {p: 100 * res[p].map for p in ds.protocols}
+        m, _, _, _ = metrics.compute_map(ranks, ds.gnd)
+        out = {"map": 100 * m}
+        if ds.protocols == ("neardup",):
+            out["recall@1"] = 100 * metrics.recall_at_k(ranks.T[:, :1], [set(g["ok"]) for g in ds.gnd], 1)
+        return out
+    return score
+
+
+def classification_scores(ds: ClassificationDataset, solver: str):
+    def score(xtr: np.ndarray, xte: np.ndarray) -> dict[str, float]:
+        v = evaluate_classification(xtr, ds.train_labels, xte, ds.test_labels, metric=ds.metric, solver=solver)
+        return {ds.metric: 100 * v}
+    return score
+
+
+def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLike,
+             encoder: EncoderConfig | None = None, experiments: tuple[str, ...] = PAPER_EXPERIMENTS, *,
+             features_cache: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 32,
+             workers: int = 2, crop: bool = True, distractors: str | os.PathLike | None = None, reps: int = 10,
+             levels: tuple[int, ...] = tuple(range(2, 31)), pca_projection: str = "centred", solver: str = "auto",
+             seed: int = 0, progress: bool = True) -> EvalResult:
+    """Run the stress grid on one benchmark and write CSV, JSON, PNG and HTML under ``out``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    enc_cfg = encoder or EncoderConfig()
+    kw = {}
+    if dataset in ("oxford5k", "paris6k"):
+        kw["crop"] = crop
+    if dataset in ("roxford5k", "rparis6k") and distractors:
+        kw["distractors"] = Path(distractors)
+    if dataset == "neardup":
+        kw["out"] = out / "neardup-images"
+    if dataset in ("synthetic", "synthetic-cls") and root is None:
+        root = out / f"{dataset}-images"
+    ds = load_dataset(dataset, root, **kw)
+    enc = Encoder(enc_cfg, device=device, seed=seed)
+    cache = Path(features_cache) if features_cache else None
+    efp = hashlib.sha256(json.dumps(enc_cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def feats(paths, name, bboxes=None):
+        key = f"{dataset}-{name}-{efp}-{dataset_fingerprint(paths, str(bboxes))}"
+        return cached_features(cache, key, lambda: compute_features(enc, paths, bboxes, batch_size, workers,
+                                                                    f"{dataset} {name}", progress))
+
+    if isinstance(ds, RetrievalDataset):
+        xtr = feats(ds.db_paths, "db")
+        xte = feats([q.path for q in ds.queries], "queries", [q.bbox for q in ds.queries])
+        score_fn = retrieval_scores(ds)
+        all_paths = ds.db_paths + [q.path for q in ds.queries]
+    else:
+        xtr = feats(ds.train_paths, "train")
+        xte = feats(ds.test_paths, "test")
+        score_fn = classification_scores(ds, solver)
+        all_paths = ds.train_paths + ds.test_paths
+    grid = stress.run_grid(xtr, xte, score_fn, experiments=tuple(experiments), layer=enc_cfg.layer, reps=reps,
+                           levels=levels, pca_projection=pca_projection, cache_dir=out / "cache", progress=progress)
+    manifest = report.build_manifest(dataset=dataset, root=str(root) if root else None, encoder=enc_cfg.to_dict(),
+                                     dataset_fingerprint=dataset_fingerprint(all_paths), n_train=len(xtr),
+                                     n_test=len(xte), seed=seed, experiments=list(experiments),
+                                     wall_time_s=round(time.perf_counter() - t0, 1))
+    files = report.write_report(grid, out, dataset, enc_cfg.backbone, manifest,
+                                title=f"{dataset}: {enc_cfg.describe()}")
+    return EvalResult(dataset, grid, out, files, time.perf_counter() - t0)
+

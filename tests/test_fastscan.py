@@ -1,0 +1,162 @@
+"""Fast-scan over Q-2 codes: the mapping onto 4-bit PQ codes is lossless, re-ranked search equals exact search on the
+normalised decoded vectors, the IVF variant finds the neighbours, and the index survives save / load."""
+
+import faiss
+import numpy as np
+import pytest
+from retr.indexes import (FastScanIndex, IndexConfig, IndexConfigError, build_fastscan, build_index, load_index,
+                          save_index, search, to_gpu_if_available)
+from retr.indexes import fastscan as F
+from retr.retrieval import codec as C
+
+
+def coded(h: int, n: int = 2000, p: int = 13, seed: int = 0, clusters: int = 0):
+    """Q-2 codec with h levels fitted on Gaussian data with decaying variances (a mixture of `clusters` Gaussians
+    when > 0): levels (p, h), idx (n, p), the codec's decoding (n, p) and its normalised rows."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, p))
+    if clusters:
+        x = 0.3 * x + rng.standard_normal((clusters, p))[rng.integers(0, clusters, n)]
+    x = (x * np.linspace(1.0, 0.2, p)).astype(np.float32)
+    params = C.fit(x, C.CodecConfig(reduction="none", quantizer="q2", levels=h))
+    codes = C.encode(params, x)
+    idx = C.unpack_bits(codes, p, (h - 1).bit_length())
+    y = C.decode(params, codes)
+    return C.levels(params), idx, y, y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+
+
+def queries(m: int, p: int, seed: int = 1) -> np.ndarray:
+    q = np.random.default_rng(seed).standard_normal((m, p)).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def test_layout_groups_dimensions_into_16_centroids():
+    assert [F.group_size(h) for h in (1, 2, 3, 4, 5, 16)] == [4, 4, 2, 2, 1, 1]
+    assert F.layout(13, 4) == (2, 7) and F.layout(13, 2) == (4, 4) and F.layout(13, 16) == (1, 13)
+    with pytest.raises(IndexConfigError, match="1 to 16 levels"):
+        F.group_size(17)
+
+
+def test_codes_hand_computed():
+    # h = 4, g = 2: groups (1, 2) -> 1 + 2*4 = 9, (3, 0) -> 3, (2, pad 0) -> 2, then a zero nibble; low nibble first
+    np.testing.assert_array_equal(F.codes(np.array([[1, 2, 3, 0, 2]], np.uint8), 4), [[0x39, 0x02]])
+    # h = 3, g = 2: (2, 1) -> 2 + 1*3 = 5, (0, 2) -> 6
+    np.testing.assert_array_equal(F.codes(np.array([[2, 1, 0, 2]], np.uint8), 3), [[0x65]])
+
+
+def test_centroids_hand_computed():
+    levels = np.array([[-1.0, 0.0, 1.0], [10.0, 20.0, 30.0], [5.0, 6.0, 7.0]], np.float32)  # p = 3, h = 3
+    c = F.centroids(levels)  # g = 2, M = 2
+    assert c.shape == (2, 16, 2)
+    np.testing.assert_array_equal(c[0, 5], [1.0, 20.0])  # 5 = 2 + 1*3
+    np.testing.assert_array_equal(c[1, 2], [7.0, 0.0])  # the padded dimension is 0
+    np.testing.assert_array_equal(c[0, 9:], np.broadcast_to(c[0, 0], (7, 2)))  # unused: copies of centroid 0
+
+
+@pytest.mark.parametrize("h", [1, 2, 3, 4, 5, 16])
+def test_mapping_is_lossless(h):
+    levels, idx, y, _ = coded(h)
+    # Faiss's own decoder of the PQ codes ...
+    g, M = F.layout(13, h)
+    pq = faiss.IndexPQ(M * g, M, 4, faiss.METRIC_INNER_PRODUCT)
+    faiss.copy_array_to_vector(F.centroids(levels).ravel(), pq.pq.centroids)
+    pq.is_trained = True
+    assert np.abs(pq.sa_decode(F.codes(idx, h))[:, :13] - y).max() == 0.0
+    # ... and the codes stored in both fast-scan indexes reproduce the codec's decoding exactly
+    for kind in ("fastscan", "ivf-fastscan"):
+        index = build_fastscan(levels, idx, np.arange(len(idx)), IndexConfig(kind, nlist=8))
+        assert np.abs(index.reconstruct(np.arange(len(idx))) - y).max() == 0.0
+        assert np.abs(F.decode(levels, idx) - y).max() == 0.0
+
+
+def exact(xn: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    return -np.sort(-(q @ xn.T), axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("kind", ["fastscan", "ivf-fastscan"])
+@pytest.mark.parametrize("h", [2, 3, 4, 16])
+def test_rerank_of_all_candidates_equals_exact_search(kind, h):
+    levels, idx, _, xn = coded(h, n=1500)
+    ids = np.arange(1500, dtype=np.int64) * 10 + 7
+    q = queries(20, 13)
+    # every list probed and every vector re-ranked: the result must be exact search on the decoded vectors
+    index = build_fastscan(levels, idx, ids, IndexConfig(kind, nlist=8, nprobe=8, rerank=1500))
+    D, I = search(index, q, 10)
+    np.testing.assert_allclose(D, exact(xn, q, 10), atol=1e-6)  # scores, not ids: decoded vectors can tie
+    np.testing.assert_allclose(np.einsum("mkd,md->mk", xn[(I - 7) // 10], q), D, atol=1e-6)
+
+
+def test_default_rerank_is_exact_at_higher_dimension():
+    levels, idx, _, xn = coded(4, n=3000, p=64)
+    q = queries(50, 64)
+    index = build_fastscan(levels, idx, np.arange(3000), IndexConfig("fastscan"))
+    assert index.rerank == 100 and index.code_size == 16  # 64 dims, 2 per 4-bit code
+    D, _ = search(index, q, 10)
+    np.testing.assert_allclose(D, exact(xn, q, 10), atol=1e-6)
+
+
+def test_ivf_fastscan_recall():
+    levels, idx, _, xn = coded(4, n=4000, p=32, clusters=40)
+    q = xn[:100] + 0.1 * queries(100, 32)  # queries near the data, as in retrieval
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    index = build_fastscan(levels, idx, np.arange(4000), IndexConfig("ivf-fastscan", nlist=64))
+    assert index.inner.nprobe == F.default_fastscan_nprobe(64) == 8 and index.inner.by_residual is False
+    want = exact(xn, q, 10)[:, -1:]
+    hits = lambda I: (np.einsum("mkd,md->mk", xn[I], q) >= want - 1e-6).mean()  # noqa: E731
+    assert hits(search(index, q, 10)[1]) >= 0.9
+    assert hits(search(index, q, 10, nprobe=64)[1]) >= 0.99  # every list: only the re-rank depth limits recall
+    index.rerank = 4000
+    assert hits(search(index, q, 10, nprobe=64)[1]) == 1.0  # every list, every vector re-ranked: exact
+
+
+@pytest.mark.parametrize("kind", ["fastscan", "ivf-fastscan"])
+def test_save_load_round_trip(tmp_path, kind):
+    levels, idx, _, _ = coded(3, n=1000)
+    cfg = IndexConfig(kind, nlist=8, rerank=40)
+    index = build_fastscan(levels, idx, np.arange(1000) + 100, cfg)
+    path = tmp_path / "index.faiss"
+    save_index(index, path, cfg, "fp")
+    back = load_index(path, "fp", cfg)
+    assert isinstance(back, FastScanIndex) and (back.kind, back.rerank, back.d, back.ntotal) == (kind, 40, 13, 1000)
+    # decoding after load exercises the fine-quantizer repair of IndexIVFPQFastScan
+    np.testing.assert_array_equal(back.reconstruct(np.arange(1000)), index.reconstruct(np.arange(1000)))
+    q = queries(5, 13)
+    for a, b in zip(search(index, q, 10), search(back, q, 10)):
+        np.testing.assert_array_equal(a, b)
+    assert load_index(path, "fp", IndexConfig(kind, nlist=8, rerank=41)) is None  # another config
+
+
+def test_degenerate_queries_and_levels():
+    levels, idx, _, _ = coded(1, n=200)  # one level: every vector is the same
+    D, I = search(build_fastscan(levels, idx, np.arange(200), IndexConfig("fastscan")), queries(2, 13), 5)
+    assert (I >= 0).all() and np.ptp(D, axis=1).max() < 1e-6
+    levels, idx, _, _ = coded(4, n=200)
+    D, I = search(build_fastscan(levels, idx, np.arange(200), IndexConfig("fastscan")), np.zeros((1, 13)), 5)
+    assert (I >= 0).all() and (D == 0).all()  # a zero query: every cosine is 0
+    D, I = search(build_fastscan(levels, idx[:3], np.arange(3), IndexConfig("fastscan")), queries(1, 13), 10)
+    assert I.shape == (1, 3) and sorted(I[0]) == [0, 1, 2]  # k clamped to the collection
+
+
+def test_config_and_errors():
+    cfg = IndexConfig("ivf-fastscan", nlist=16, nprobe=4, rerank=30)
+    assert IndexConfig.from_dict(cfg.to_dict()) == cfg
+    assert IndexConfig().rerank == 100
+    with pytest.raises(IndexConfigError, match="rerank must be >= 1"):
+        IndexConfig("fastscan", rerank=0)
+    levels, idx, _, xn = coded(4, n=100)
+    with pytest.raises(IndexConfigError, match="build_fastscan"):
+        build_index(xn, np.arange(100), IndexConfig("fastscan"))
+    with pytest.raises(IndexConfigError, match="at least 64 vectors"):
+        build_fastscan(levels, idx[:50], np.arange(50), IndexConfig("ivf-fastscan", nlist=64))
+    with pytest.raises(ValueError, match="queries must be"):
+        search(build_fastscan(levels, idx, np.arange(100), IndexConfig("fastscan")), queries(1, 12), 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="needs a CUDA device")
+def test_gpu_index_matches_cpu():
+    levels, idx, _, xn = coded(4, n=2000, p=64)
+    q = queries(20, 64)
+    index = build_fastscan(levels, idx, np.arange(2000), IndexConfig("fastscan", rerank=2000))
+    D, _ = search(to_gpu_if_available(index), q, 10)
+    np.testing.assert_allclose(D, search(index, q, 10)[0], atol=1e-5)

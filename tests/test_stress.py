@@ -1,0 +1,277 @@
+"""Tests of retr.eval.stress: the paper's grids, Q-B bit erasure, run_grid end to end, caching, Table 3."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from retr.eval.metrics import average_precision
+from retr.eval.stress import (
+    GridResult,
+    Point,
+    dr1_sizes,
+    erase_bits,
+    fc_grid,
+    l2_normalize,
+    run_grid,
+    summary_table,
+)
+from retr.retrieval.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------------
+# Grids
+
+
+def test_dr_sizes_follow_the_paper_formula():
+    sizes = dr1_sizes(4096)
+    assert len(sizes) == 20
+    assert sizes[:3] == [4096, 3891, 3686]  # floor(4096 * 20/20), floor(4096 * 19/20) = floor(3891.2), ...
+    assert sizes[-1] == 204  # floor(4096 / 20) = floor(204.8)
+    # The reference dr-1 / dr-2 VGG-M CSVs list the same sizes in increasing order, except 2047 where the
+    # formula gives 4096 * 10 / 20 = 2048 exactly (a floating-point slip of the original code; its FC
+    # CSV has 2048).
+    csv = [204, 409, 614, 819, 1024, 1228, 1433, 1638, 1843, 2047, 2252, 2457, 2662, 2867, 3072, 3276,
+           3481, 3686, 3891, 4096]  # fmt: skip
+    assert [p if p != 2048 else 2047 for p in sorted(sizes)] == csv
+    assert dr1_sizes(20) == list(range(20, 0, -1))
+
+
+def test_fc_grid_is_the_reference_csv_grid():
+    dims, levels = fc_grid(4096)
+    assert dims == [409, 819, 1228, 1638, 2048, 2457, 2867, 3276, 3686]  # fc_vgg-m_voc_2007.csv
+    assert levels == list(range(2, 31))
+    assert len(dims) * len(levels) == 261  # the CSV's rows
+    assert fc_grid(4096, coarse=True) == ([409, 819, 1228, 2048], [2, 3, 4, 6, 8, 16])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Q-B
+
+
+def test_erase_bits_float64_by_hand():
+    x = np.array([1.5, 3.7, 0.3, -1.75])
+    # 1.5 = 1.1b: its only mantissa bit is bit 51, the highest of the 52; erasing 51 bits keeps it
+    np.testing.assert_array_equal(erase_bits(x, 0), x)
+    assert erase_bits(x, 51)[0] == 1.5
+    np.testing.assert_array_equal(erase_bits(x, 52), [1.0, 2.0, 0.25, -1.0])  # mantissa gone: powers of 2
+    # 53 bits also clear the exponent's lowest bit (biased exponents: 1.5 -> 1023 = 0b01111111111,
+    # 3.7 -> 1024 = 0b10000000000, 0.3 -> 1021 = 0b01111111101): 1023 -> 1022, 1024 stays, 1021 -> 1020
+    np.testing.assert_array_equal(erase_bits(x, 53), [0.5, 2.0, 0.125, -0.5])
+    # 62 bits leave the sign and the exponent's top bit: values >= 2 become 2, values < 2 become 0
+    np.testing.assert_array_equal(erase_bits(x, 62), [0.0, 2.0, 0.0, -0.0])
+    np.testing.assert_array_equal(erase_bits(x, 64), [0.0, 0.0, 0.0, 0.0])
+    assert erase_bits(x, 10).dtype == np.float64
+    np.testing.assert_array_equal(x, [1.5, 3.7, 0.3, -1.75])  # the input is not modified
+
+
+def test_erase_bits_float32_by_hand():
+    x = np.array([1.5, 3.7, -0.3, 1.75], np.float32)
+    out = erase_bits(x, 23, width=32)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [1.0, 2.0, -0.25, 1.0])  # 23 mantissa bits gone: powers of two
+    assert erase_bits(x, 21, width=32)[3] == 1.75  # 1.11b: mantissa bits 22 and 21 survive 21 erased bits
+    assert erase_bits(x, 22, width=32)[3] == 1.5
+    np.testing.assert_array_equal(erase_bits(x, 32, width=32), [0, 0, 0, 0])
+    # float32 values have 29 zero low bits as float64: erasing up to 29 of them changes nothing
+    np.testing.assert_array_equal(erase_bits(x, 29), x.astype(np.float64))
+    with pytest.raises(ValueError):
+        erase_bits(x, 33, width=32)
+
+
+def test_l2_normalize_keeps_zero_rows():
+    out = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run_grid end to end
+
+
+def features(m: int, seed: int, d: int = 32, n_cls: int = 3):
+    """Nonnegative features around 3 class centres (shared by every seed), labels 0..2."""
+    centres = np.maximum(np.random.default_rng(100).normal(size=(n_cls, d)), 0)
+    rng = np.random.default_rng(seed)
+    c = np.arange(m) % n_cls
+    return np.maximum(centres[c] + 1.2 * rng.normal(size=(m, d)), 0).astype(np.float32), c
+
+
+XTR, CTR = features(300, 1)
+XTE, CTE = features(90, 2)
+
+
+def score(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Nearest class mean accuracy and a retrieval mAP (rank xtr by inner product, same class = relevant)."""
+    mu = np.stack([a[CTR == k].mean(0) for k in range(3)])
+    acc = 100 * np.mean((b @ mu.T).argmax(1) == CTE)
+    order = np.argsort(-(b @ a.T), axis=1, kind="stable")
+    aps = [average_precision(CTR[order[i]] == CTE[i], int(np.sum(CTR == CTE[i]))) for i in range(len(b))]
+    return {"acc": float(acc), "map": 100 * float(np.mean(aps))}
+
+
+SMALL = dict(
+    reps=3, dr_sizes=[32, 16, 8], levels=[2, 3, 4], fc_dims=[16, 8], fc_levels=[2, 4],
+    qb_bits=[0, 20, 40, 64], progress=False,
+)  # fmt: skip
+
+
+def run(experiments=("dr1", "dr2", "q1", "q2", "qb", "fc"), fn=score, **kw):
+    return run_grid(XTR, XTE, fn, experiments, **{**SMALL, **kw})
+
+
+def points(result, experiment, **match):
+    same = lambda p: all(getattr(p, k) == v for k, v in match.items())  # noqa: E731
+    return [p for p in result.points if p.experiment == experiment and same(p)]
+
+
+def test_run_grid_points_bytes_and_baseline(tmp_path):
+    r = run(pca_projection="uncentred", cache_dir=tmp_path)
+    base = score(l2_normalize(XTR), l2_normalize(XTE))
+    assert r.baseline == base and r.metric_names == ["acc", "map"] and r.n == 32 and r.layer == "fc7"
+    assert 50 < base["map"] < 95  # not a trivial problem: stresses move the score
+    (ident,) = points(r, "identity")
+    assert ident.scores == base and ident.bytes_per_vector == 128 and ident.compression == 0.0
+    assert r.experiments == ["identity", "dr1", "dr2", "q1", "q2", "qb64", "qb32", "fc"]
+
+    # dr1: `reps` points per size, seeds 0..reps-1; all 32 dims selected = the identity itself
+    for p in (32, 16, 8):
+        assert sorted(q.rep for q in points(r, "dr1", dims=p)) == [0, 1, 2]
+    assert all(q.scores == base for q in points(r, "dr1", dims=32))
+    assert len({q.scores["map"] for q in points(r, "dr1", dims=8)}) > 1  # different random subsets
+    dr1_8 = points(r, "dr1", dims=8)[0]
+    assert dr1_8.bytes_per_vector == 32 and dr1_8.compression == 0.75
+
+    # uncentred PCA at full rank is a rotation: inner products, hence both scores, are preserved
+    (full,) = points(r, "dr2", dims=32)
+    assert full.scores["acc"] == base["acc"]
+    assert full.scores["map"] == pytest.approx(base["map"], abs=1e-9)
+
+    # quantization: ceil(log2 h) bits per dimension, 32 dims
+    assert [(q.levels, q.bytes_per_vector) for q in points(r, "q2")] == [(2, 4.0), (3, 8.0), (4, 8.0)]
+    assert points(r, "q1", levels=2)[0].compression == 1 - 4 / 128
+    # FC: 16 dims x 2 bits (h = 4) = 4 bytes, 8 dims x 1 bit = 1 byte
+    assert points(r, "fc", dims=16, levels=4)[0].bytes_per_vector == 4.0
+    assert points(r, "fc", dims=8, levels=2)[0].bytes_per_vector == 1.0
+    assert points(r, "fc", dims=8, levels=2)[0].compression == 1 - 1 / 128
+
+    # Q-B: float32 features lose nothing to 20 erased float64 bits; bytes (64 - k) / 8 * 32
+    qb64 = {q.removed_bits: q for q in points(r, "qb64")}
+    assert qb64[0].bytes_per_vector == 256 and qb64[0].compression == -1.0 and qb64[0].scores == base
+    assert qb64[20].scores == base and qb64[20].bytes_per_vector == 176
+    assert qb64[64].bytes_per_vector == 0 and qb64[64].compression == 1.0
+    qb32 = {q.removed_bits: q for q in points(r, "qb32")}
+    assert sorted(qb32) == [0, 20] and qb32[0].scores == base and qb32[20].bytes_per_vector == 48
+
+    # every point was cached as soon as scored
+    assert len(list(tmp_path.glob("*/*.json"))) == len(r.points)
+    assert GridResult.from_dict(json.loads(json.dumps(r.to_dict()))).to_dict() == r.to_dict()
+    assert GridResult.load(r.save(tmp_path / "result.json")).to_dict() == r.to_dict()
+    assert r.settings["pca_projection"] == "uncentred" and r.settings["dr1_seeds"] == [0, 1, 2]
+
+
+def test_centred_pca_scores_the_centred_features():
+    r = run(("dr2",), dr_sizes=[32])
+    (full,) = points(r, "dr2")
+    mean = XTR.astype(np.float64).mean(0)
+    # centred PCA at full rank = a rotation of x - mean, which the L2 normalisation then sees
+    expected = score(l2_normalize(XTR - mean), l2_normalize(XTE - mean))
+    assert full.scores["acc"] == expected["acc"]
+    assert full.scores["map"] == pytest.approx(expected["map"], abs=1e-9)
+    assert r.settings["pca_projection"] == "centred"
+
+
+def test_cached_points_are_reused_and_missing_ones_computed(tmp_path):
+    first = run(cache_dir=tmp_path)
+
+    def boom(a, b):
+        raise AssertionError("a cached point was scored again")
+
+    assert run(fn=boom, cache_dir=tmp_path).to_dict() == first.to_dict()
+
+    # an interrupted run: one point's file is missing, only that point is scored
+    (missing,) = tmp_path.glob("fc/p16-h4-*.json")
+    missing.unlink()
+    calls = []
+
+    def counting(a, b):
+        calls.append(a.shape)
+        return score(a, b)
+
+    assert run(fn=counting, cache_dir=tmp_path).to_dict() == first.to_dict()
+    assert calls == [(300, 16)]
+
+    # other features, or another cache tag, do not reuse the cache
+    calls.clear()
+    run(("q2",), fn=counting, cache_dir=tmp_path, levels=[2], cache_tag="retrieval")
+    assert len(calls) == 2  # identity and q2 h=2
+
+
+def test_robust_ranges_and_product_quantization():
+    r = run(("q2-quantile", "fc-sigma", "pq", "opq"), pq_bytes=[4, 8], pq_nbits=4)
+    assert [q.levels for q in points(r, "q2-quantile")] == [2, 3, 4]
+    assert [(q.dims, q.levels) for q in points(r, "fc-sigma")] == [(16, 2), (16, 4), (8, 2), (8, 4)]
+    # M sub-quantizers x 4 bits: M = 4 -> 2 bytes, M = 8 -> 4 bytes; OPQ rotates to min(32, 4M) dims
+    assert [(q.dims, q.bytes_per_vector) for q in points(r, "pq")] == [(32, 2.0), (32, 4.0)]
+    assert [(q.dims, q.bytes_per_vector) for q in points(r, "opq")] == [(16, 2.0), (32, 4.0)]
+    for q in r.points:
+        assert 0 <= q.scores["map"] <= 100
+    assert r.settings["ranges"] == {"quantile": "quantile:0.001", "sigma": "sigma:3"}
+
+
+def test_bad_grids_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown stress experiment"):
+        run(("dr3",))
+    with pytest.raises(ConfigError, match="unknown stress experiment"):
+        run(("dr1-sigma",))
+    with pytest.raises(ConfigError, match="divide"):
+        run(("pq",), pq_bytes=[5], pq_nbits=4)
+    with pytest.raises(ConfigError, match="training vectors"):
+        run(("pq",), pq_bytes=[4], pq_nbits=9)
+    with pytest.raises(ConfigError, match="pca_projection"):
+        run(("dr2",), pca_projection="whitened")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def pt(experiment, dims, score, nbytes, levels=None, rep=None):
+    return Point(experiment, dims, levels, None, rep, {"map": score}, nbytes, 1 - nbytes / 400)
+
+
+def test_summary_table_and_table_on_a_hand_made_result():
+    r = GridResult(
+        layer="fc7", n=100, metric_names=["map"], baseline={"map": 80.0},
+        points=[
+            pt("identity", 100, 80.0, 400),
+            # dr1 means: 100 dims 80, 50 dims 79 (-1.25 %), 10 dims 72 (-10 %)
+            pt("dr1", 100, 80.0, 400, rep=0), pt("dr1", 100, 80.0, 400, rep=1),
+            pt("dr1", 50, 78.0, 200, rep=0), pt("dr1", 50, 80.0, 200, rep=1),
+            pt("dr1", 10, 70.0, 40, rep=0), pt("dr1", 10, 74.0, 40, rep=1),
+            # q2: h = 3 and h = 4 cost the same 25 bytes (2 bits x 100 dims); h = 3 is the smaller
+            pt("q2", 100, 60.0, 13, levels=2), pt("q2", 100, 79.5, 25, levels=3),
+            pt("q2", 100, 79.9, 25, levels=4), pt("q2", 100, 80.0, 38, levels=8),
+        ],
+        settings={},
+    )  # fmt: skip
+    t = summary_table(r, "map", budgets=(0.1, 1, 2, 12))
+    assert {b: p.dims for b, p in t["dr1"].items()} == {0.1: 100, 1: 100, 2: 50, 12: 10}
+    assert t["dr1"][2].rep is None and t["dr1"][2].scores == {"map": 79.0}
+    # 0.1 %: >= 79.92 -> only h = 8 (80.0); 1 %: >= 79.2 -> h = 3 (79.5) beats h = 4 (79.9) at equal bytes
+    assert {b: p.levels for b, p in t["q2"].items()} == {0.1: 8, 1: 3, 2: 3, 12: 3}
+    assert "identity" not in t
+    assert summary_table(r, "map", budgets=(1,))["dr1"][1].dims == 100
+    worse = GridResult("fc7", 100, ["map"], {"map": 99.0}, r.points, {})
+    assert summary_table(worse, "map", budgets=(5,)) == {"dr1": {5: None}, "q2": {5: None}}
+
+    rows = r.table("dr1", "map")
+    assert [row["dims"] for row in rows] == [10, 50, 100]
+    assert rows[0]["score"] == 72.0 and rows[0]["sd"] == pytest.approx(math.sqrt(8))  # std([70, 74], ddof=1)
+    assert rows[1]["sd"] == pytest.approx(math.sqrt(2)) and rows[2]["sd"] == 0.0 and rows[0]["reps"] == 2
+    assert rows[0]["bytes_per_vector"] == 40 and rows[0]["compression"] == 0.9
+    q2 = r.table("q2", "map")
+    assert [(row["levels"], row["score"], row["sd"], row["reps"]) for row in q2[:2]] == [
+        (2, 60.0, 0.0, 1),
+        (3, 79.5, 0.0, 1),
+    ]
