@@ -8,21 +8,25 @@ The bias is LIBLINEAR's: a constant feature 1 appended to every x, its weight re
 (scikit-learn's LinearSVC with intercept_scaling=1 does the same). Two solvers reach that optimum:
 
 - "sklearn": LinearSVC (which is LIBLINEAR), one class at a time. The reference.
-- "torch": all classes at once by a truncated Newton method: conjugate gradients with Hessian-vector
-  products and a diagonal preconditioner (as LIBLINEAR's primal solver), then an Armijo line search, in
-  float64, until the gradient norm falls below `tol` times its initial value. It matches the reference mAP
-  to well under 0.1 point and is the default: on 2 CPU cores and VOC-sized problems it is several times
-  faster than LinearSVC (tests/test_svm.py checks the match; the module's README numbers give the speed).
+- "torch": all classes at once by a truncated Newton method, as LIBLINEAR's primal solver: conjugate
+  gradients on Hessian-vector products (float32) with a diagonal + rank-one preconditioner, then an Armijo
+  line search, until the float64 gradient norm falls below `tol` times its initial value. Its objective
+  ends at or below LinearSVC's; tests/test_svm.py checks the optimum by hand and the mAP against the
+  reference (within 0.1 point). It is the default ("auto"): on 2 CPU cores, for a VOC 2007-sized problem
+  (5011 x 4096, 20 classes) it takes about 20 s against LinearSVC's 45 s when under half of the features
+  are zero (PCA-reduced and quantized features are dense), 21 s against 18 s at 74% zeros (raw ReLU
+  features, which LIBLINEAR's sparse format exploits). The same code runs on a CUDA device.
 
 Label 0 (VOC "difficult") leaves the example out of that class's training, the usual VOC practice (the
 devkit ignores such examples when scoring, and metrics.voc_map does too).
 
-Legend: n examples, d feature dimensions, C classes (`c` in code, the regularisation constant is `cost`).
+Legend: n examples, d feature dimensions, C classes (inside the solvers the number of classes is n_cls and
+the constant C is `cost`), W (C, d + 1) the weights with the bias last, Z = X W^T the decision values,
+r = max(0, 1 - y z) the hinge residuals, G the gradients, S the Newton steps.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +94,6 @@ def train_ovr(
 
 
 def _train_sklearn(x: np.ndarray, y: np.ndarray, cost: float) -> LinearModel:
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
 
     n_cls, d = y.shape[1], x.shape[1]
@@ -101,10 +104,7 @@ def _train_sklearn(x: np.ndarray, y: np.ndarray, cost: float) -> LinearModel:
             C=cost, loss="squared_hinge", penalty="l2", dual="auto", tol=1e-5, max_iter=100_000,
             fit_intercept=True, intercept_scaling=1.0, random_state=0,
         )  # fmt: skip
-        with warnings.catch_warnings():
-            # the iteration cap is far above what these problems need; a warning would only be noise
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            svm.fit(x[keep].astype(np.float64), y[keep, c])
+        svm.fit(x[keep].astype(np.float64), y[keep, c])
         # LinearSVC orders classes [-1, 1], so positive scores mean class +1
         W[c], b[c] = svm.coef_[0], svm.intercept_[0]
     return LinearModel(W=W, b=b)
@@ -136,8 +136,9 @@ def _train_torch(x: np.ndarray, y: np.ndarray, cost: float, device: str, tol: fl
     Z = X @ W.T
     f, G, r = state(W, Z)
     g0 = G.norm(dim=1)
+    stalled = torch.zeros_like(g0, dtype=torch.bool)  # no decrease found along the step: float64's limit
     for _ in range(200):
-        todo = G.norm(dim=1) > tol * g0
+        todo = (G.norm(dim=1) > tol * g0) & ~stalled
         if not todo.any():
             break
         A = (r > 0).to(f32)  # (n, C) active examples: the generalised Hessian is I + 2C X_A^T X_A
@@ -164,6 +165,8 @@ def _train_torch(x: np.ndarray, y: np.ndarray, cost: float, device: str, tol: fl
             if ok.all():
                 break
             t = torch.where(ok, t, 0.5 * t)
+        stalled |= ~ok
+        t = torch.where(ok, t, torch.zeros_like(t))
         W = W + t[:, None] * S
         Z = Z + t * Zs
         f, G, r = state(W, Z)

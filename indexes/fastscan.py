@@ -10,9 +10,10 @@ only level is 0 (queries are padded with zeros to match).
 
 The scan ranks by the inner product with the un-normalised decoded vectors through 8-bit look-up tables; the
 engine's score is the cosine with the L2-normalised decoded vectors. So each query takes max(k, rerank) candidates
-from the scan and re-ranks them exactly: candidates are decoded from the fast-scan codes themselves (no second copy
-of the database), normalised and scored in float32. Results equal exact search on the normalised decoded vectors
-whenever the true top k are among the candidates (measured by bench/search.py).
+from the scan and re-ranks them exactly: their codes are read from the fast-scan blocks themselves (no second copy of
+the database) and scored through float look-up tables, dot product over norm. Results equal exact search on the
+normalised decoded vectors (to float rounding) whenever the true top k are among the candidates; the candidates of
+the un-normalised scan differ a little from the true ones, which the re-rank depth absorbs (bench/README.md).
 
 Legend: p dimensions, h levels per dimension, g dimensions per group, M = ceil(p / g) groups (sub-quantizers),
 d = M * g >= p padded dimensions, n database vectors, m queries, levels (p, h) float32 reconstruction table,
@@ -20,6 +21,8 @@ idx (n, p) uint8 level indices, xq (m, p) float32 queries, D (m, k) scores, I (m
 """
 
 from __future__ import annotations
+
+import functools
 
 import faiss
 import numpy as np
@@ -30,7 +33,7 @@ from .config import IndexConfig, IndexConfigError
 KSUB = 16  # centroids per 4-bit sub-quantizer
 MAX_LEVELS = KSUB  # one dimension per group is the coarsest mapping: h <= 16
 _CHUNK = 1 << 16  # rows decoded at a time while building, to bound memory
-_QCHUNK = 4096  # queries re-ranked at a time
+_QCHUNK = 1024  # queries re-ranked at a time (their look-ups take m * rerank * M * 8 bytes)
 _TRAIN_PER_LIST = 40  # k-means points per inverted list (Faiss warns below 39)
 _KMEANS_ITER = 10
 
@@ -110,27 +113,62 @@ def _set_centroids(index: faiss.Index, cents: np.ndarray) -> None:
     faiss.copy_array_to_vector(np.ascontiguousarray(cents, np.float32).ravel(), index.pq.centroids)
 
 
+@functools.lru_cache
+def _lanes(bbs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where Faiss's fast-scan layout keeps 4-bit codes: for lane v (vector v % bbs of a block) and sub-quantizer
+    parity s, byte (bbs, 2) int64 within the bbs bytes of a sub-quantizer pair and shift (bbs, 2) uint8 (0 or 4).
+    Read off Faiss's own CodePacker, one probe per slot."""
+    packer = faiss.IndexPQFastScan(2, 2, 4, faiss.METRIC_INNER_PRODUCT, bbs).get_CodePacker()
+    byte, shift = np.zeros((bbs, 2), np.int64), np.zeros((bbs, 2), np.uint8)
+    for v in range(bbs):
+        for s in range(2):
+            block = np.zeros((1, packer.block_size), np.uint8)
+            packer.pack_1(np.array([0xF << (4 * s)], np.uint8), v, block)
+            (at,) = np.flatnonzero(block)
+            byte[v, s], shift[v, s] = at, 0 if block[0, at] == 0x0F else 4
+    return byte, shift
+
+
 class FastScanIndex:
     """A fast-scan index over level indices, with exact re-ranking; what `build_fastscan` returns.
 
     index: ``faiss.IndexIDMap`` over an ``IndexPQFastScan`` (kind fastscan) or an ``IndexIVFPQFastScan`` with
         ``by_residual = False`` and a direct map (kind ivf-fastscan), of padded dimension M * g >= p; the inner
-        index numbers vectors 0..n-1 (their positions, used to decode candidates) and the id map turns positions
-        into the caller's ids. Persist it with save_index / load_index.
+        index numbers vectors 0..n-1 (their positions) and the id map turns positions into the caller's ids.
+        Persist it with save_index / load_index.
     rerank: candidates re-ranked exactly per query (at least k are).
     p: dimension of the vectors searched (queries are (m, p); the padded dimensions are zero).
+
+    Candidates are re-ranked from their 4-bit codes read straight out of the fast-scan blocks (views, no copy):
+    with look-up tables T = centroids . q (M, 16) and squared centroid norms N (M, 16), a vector with codes c has
+    q . x = sum_m T[m, c_m] and |x|^2 = sum_m N[m, c_m], so its cosine costs 2 M look-ups, far less than Faiss's
+    one-vector-at-a-time reconstruct.
     """
 
     def __init__(self, index: faiss.Index, rerank: int, p: int):
         self.index = index
         self.rerank = rerank
         self.p = p
-        self.inner = faiss.downcast_index(index.index)
-        if isinstance(self.inner, faiss.IndexIVFFastScan):
-            # read_index leaves IndexIVFPQFastScan.fine_quantizer unset (Faiss 1.15.1); decoding needs it
-            self.inner.fine_quantizer = self.inner.pq
-        # a view of the id map (no copy); valid while the index is not modified
-        self._ids = faiss.rev_swig_ptr(index.id_map.data(), index.ntotal) if index.ntotal else np.zeros(0, np.int64)
+        self.inner = inner = faiss.downcast_index(index.index)
+        self.ivf = isinstance(inner, faiss.IndexIVFFastScan)
+        n, M, bbs = index.ntotal, inner.M, inner.bbs
+        g = inner.d // M
+        self.centroids = faiss.vector_to_array(inner.pq.centroids).reshape(M, KSUB, g)
+        self._norm2 = (self.centroids.astype(np.float64) ** 2).sum(axis=2).ravel()  # (M * 16,)
+        byte, shift = _lanes(bbs)
+        parity = np.arange(M) % 2
+        self._byte = byte[:, parity] + (np.arange(M) // 2) * bbs  # (bbs, M): byte of code m within a block
+        self._shift = shift[:, parity]
+        self._block = bbs * inner.M2 // 2
+        # views of Faiss-owned memory (no copy), valid while the index is not modified
+        self._ids = faiss.rev_swig_ptr(index.id_map.data(), n) if n else np.zeros(0, np.int64)
+        if self.ivf:
+            # read_index leaves IndexIVFPQFastScan.fine_quantizer unset (Faiss 1.15.1); Faiss's decoding needs it
+            inner.fine_quantizer = inner.pq
+            self._where = faiss.rev_swig_ptr(inner.direct_map.array.data(), n) if n else np.zeros(0, np.int64)
+            self._lists: dict[int, np.ndarray] = {}
+        else:
+            self._codes = faiss.rev_swig_ptr(inner.codes.get(), inner.codes.size()) if n else np.zeros(0, np.uint8)
 
     @property
     def ntotal(self) -> int:
@@ -142,19 +180,55 @@ class FastScanIndex:
 
     @property
     def kind(self) -> str:
-        return "ivf-fastscan" if isinstance(self.inner, faiss.IndexIVFFastScan) else "fastscan"
+        return "ivf-fastscan" if self.ivf else "fastscan"
 
     @property
     def code_size(self) -> int:
         """Bytes per vector of the fast-scan codes (ids and inverted-list bookkeeping not counted)."""
         return int(self.inner.code_size)
 
+    def _unpack(self, blocks: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """4-bit codes (len(v), M) uint8 of the vectors at offsets v in a run of fast-scan blocks."""
+        lane = v % self.inner.bbs
+        at = (v // self.inner.bbs * self._block)[:, None] + self._byte[lane]
+        return (blocks[at] >> self._shift[lane]) & 15
+
+    def _list(self, l: int) -> np.ndarray:
+        if l not in self._lists:
+            invl = self.inner.invlists
+            nbytes = -(-invl.list_size(l) // self.inner.bbs) * self._block
+            self._lists[l] = faiss.rev_swig_ptr(invl.get_codes(l), nbytes)
+        return self._lists[l]
+
+    def codes4(self, positions: np.ndarray) -> np.ndarray:
+        """4-bit codes (len(positions), M) uint8 of the vectors at these positions (0 <= position < n)."""
+        positions = np.asarray(positions, np.int64)
+        if not self.ivf:
+            return self._unpack(self._codes, positions)
+        where = self._where[positions]  # list number << 32 | offset in the list
+        lists, offsets = where >> 32, where & 0xFFFFFFFF
+        out = np.empty((len(positions), self.inner.M), np.uint8)
+        order = np.argsort(lists, kind="stable")
+        cuts = np.flatnonzero(np.diff(lists[order])) + 1
+        for run in np.split(order, cuts) if len(order) else []:
+            out[run] = self._unpack(self._list(int(lists[run[0]])), offsets[run])
+        return out
+
     def reconstruct(self, positions: np.ndarray) -> np.ndarray:
-        """Decoded, un-normalised vectors (len(positions), p) float32 at these positions (0 <= position < n)."""
-        positions = np.ascontiguousarray(positions, np.int64)
-        if len(positions) == 0:
-            return np.zeros((0, self.p), np.float32)
-        return self.inner.reconstruct_batch(positions)[:, : self.p]
+        """Decoded, un-normalised vectors (len(positions), p) float32 at these positions: the codec's decoding."""
+        c = self.codes4(positions)
+        x = self.centroids[np.arange(self.inner.M), c]  # (len, M, g)
+        return x.reshape(len(c), -1)[:, : self.p]
+
+    def _scores(self, q: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """Cosines (m, kc) float32 of padded queries q (m, d) with the vectors at positions P (m, kc) (all >= 0)."""
+        m, kc = P.shape
+        M = self.inner.M
+        T = np.einsum("Mkg,mMg->mMk", self.centroids, q.reshape(m, M, -1)).reshape(m, M * KSUB)
+        at = self.codes4(P.ravel()).reshape(m, kc * M) + np.tile(np.arange(M) * KSUB, kc)
+        dots = np.take_along_axis(T, at, 1).reshape(m, kc, M).sum(axis=2, dtype=np.float64)
+        norms = np.sqrt(self._norm2[at].reshape(m, kc, M).sum(axis=2))
+        return (dots / np.maximum(norms, 1e-12)).astype(np.float32)
 
     def to_gpu(self) -> faiss.Index:
         """GPUs have no 4-bit fast-scan: an exact flat index (``IndexIDMap`` over ``IndexFlatIP``, moved to all GPUs)
@@ -172,29 +246,24 @@ class FastScanIndex:
         xq = np.asarray(xq, np.float32)
         if xq.ndim != 2 or xq.shape[1] != self.p:
             raise ValueError(f"queries must be (m, {self.p}), got {xq.shape}")
-        m, d = len(xq), int(self.index.d)
-        xq = _pad(xq, d)
+        m = len(xq)
+        xq = _pad(xq, int(self.index.d))
         D = np.full((m, k), -np.inf, np.float32)
         I = np.full((m, k), -1, np.int64)
         if self.ntotal == 0 or m == 0:
             return D, I
         kc = min(max(k, self.rerank), self.ntotal)
-        params = None
-        if nprobe is not None and self.kind == "ivf-fastscan":
-            params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe)) if nprobe is not None and self.ivf else None
         for q0 in range(0, m, _QCHUNK):
             q = xq[q0 : q0 + _QCHUNK]
             _, P = self.inner.search(q, kc, params=params)
             blind = ~(P >= 0).any(axis=1)
             if blind.any():
                 # a query whose look-up tables are constant (a zero query, h = 1) makes Faiss's 8-bit table
-                # quantization divide by zero and return nothing: these scores do not depend on the codes, so
-                # rank such queries exactly over every vector instead
+                # quantization divide by zero and return nothing: rank those exactly over every vector instead
                 P[blind] = self._exact(q[blind], kc)
             found = P >= 0
-            # decode the candidates from the fast-scan codes, normalise, score exactly
-            x = _l2n(self.inner.reconstruct_batch(np.where(found, P, 0).ravel()).reshape(len(q), kc, d))
-            s = np.einsum("mkd,md->mk", x, q)
+            s = self._scores(q, np.where(found, P, 0))
             s[~found] = -np.inf
             order = np.argsort(-s, axis=1, kind="stable")[:, :k]
             kk = order.shape[1]
@@ -209,7 +278,7 @@ class FastScanIndex:
         best_p = np.zeros((len(q), 0), np.int64)
         for i0 in range(0, self.ntotal, _CHUNK):
             pos = np.arange(i0, min(self.ntotal, i0 + _CHUNK), dtype=np.int64)
-            s = np.hstack([best_s, q @ _l2n(self.inner.reconstruct_batch(pos)).T])
+            s = np.hstack([best_s, q[:, : self.p] @ _l2n(self.reconstruct(pos)).T])
             p = np.hstack([best_p, np.broadcast_to(pos, (len(q), len(pos)))])
             keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
             best_s, best_p = np.take_along_axis(s, keep, 1), np.take_along_axis(p, keep, 1)

@@ -17,6 +17,7 @@ reason (a matrix product's rounding can depend on how many rows it has).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -377,21 +378,35 @@ def _refresh_index(store: Store, params: CodecParams, config: indexes.IndexConfi
 
 # -- searching ------------------------------------------------------------------------------------------------------
 class Engine:
-    """An open database with its encoder loaded, for many queries. ``Engine(db).search([...], k)``."""
+    """An open database and its index, for many queries. ``Engine(db).search([...], k)``.
+
+    The index is built from (or loaded for) the snapshot the database is in when the engine opens; the encoder is
+    loaded on the first image query (``search_vectors`` needs none)."""
 
     def __init__(self, db: str | os.PathLike, device: str = "auto", index: indexes.IndexConfig | None = None):
         self.db = Path(db)
+        self.device = device
         self.store = Store(self.db)
-        enc = _stored_encoder(self.store)
-        self.params = _stored_codec(self.store)
-        if enc is None or self.params is None:
+        try:
+            self._open(index)
+        except BaseException:
             self.store.close()
-            raise DatabaseError(f"{self.db} has no fitted codec yet: finish `retr index` first")
-        self.encoder = Encoder(enc, device=device)
-        saved = indexes.read_header(self.db / INDEX_FILE)
-        cfg = index or (indexes.IndexConfig.from_dict(saved["config"]) if saved else indexes.IndexConfig())
-        self.index = _refresh_index(self.store, self.params, cfg)
-        self.root = os.fsdecode(self.store.get_meta("root") or b"")
+            raise
+
+    def _open(self, index: indexes.IndexConfig | None) -> None:
+        with self.store.snapshot():  # configuration and codes of one committed state, even during a refit
+            self.encoder_config = _stored_encoder(self.store)
+            self.params = _stored_codec(self.store)
+            if self.encoder_config is None or self.params is None:
+                raise DatabaseError(f"{self.db} has no fitted codec yet: finish `retr index` first")
+            saved = indexes.read_header(self.db / INDEX_FILE)
+            cfg = index or (indexes.IndexConfig.from_dict(saved["config"]) if saved else indexes.IndexConfig())
+            self.index = _refresh_index(self.store, self.params, cfg)
+            self.root = os.fsdecode(self.store.get_meta("root") or b"")
+
+    @functools.cached_property
+    def encoder(self) -> Encoder:
+        return Encoder(self.encoder_config, device=self.device)
 
     def close(self) -> None:
         self.store.close()
@@ -448,7 +463,7 @@ def search(db: str | os.PathLike, queries: list, k: int = 10, symmetric: bool = 
 
 def info(db: str | os.PathLike) -> DatabaseInfo:
     """Counts, bytes per vector, compression, configurations and skipped files of a database."""
-    with Store(db) as store:
+    with Store(db) as store, store.snapshot():
         enc = _stored_encoder(store)
         params = _stored_codec(store)
         d = enc.dim if enc else 0

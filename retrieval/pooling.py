@@ -5,17 +5,23 @@ return (n, C) float32 *unnormalised* descriptors; `Pooling` L2-normalises them. 
 (Radenovic et al.) `layers/functional.py`:
   mac  = max over cells,  spoc = mean over cells,  gem = (mean over cells of max(x, eps)^p)^(1/p),
   rmac = sum of the L2-normalised MACs of Tolias et al.'s multi-scale square regions and of the whole map.
+
+NetVLAD (Arandjelovic et al., learnt: K centres c_k (K, C)) is a module, `NetVLAD`, built by `init_netvlad` from
+k-means of local descriptors; its output is (n, K * C) float32 unit rows. It is not in POOLINGS (which name the
+parameter-free poolings an `EncoderConfig` can select by name): its centres travel in a compressed model file.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Callable
+from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..indexes.kmeans import kmeans
 from .errors import ConfigError
 
 POOLINGS = frozenset({"mac", "spoc", "gem", "rmac"})
@@ -135,3 +141,102 @@ def multiscale(
         y = fn(x)
         v = y if v is None else v + y
     return l2n(v)
+
+
+# --- NetVLAD ---------------------------------------------------------------------------------------------------
+
+LEARNT_POOLINGS = frozenset({"netvlad"})
+
+
+class NetVLAD(nn.Module):
+    """NetVLAD pooling: (n, C, H, W) float32 feature map -> (n, K * C) float32 unit rows.
+
+    Each local descriptor x_i (C,) is L2-normalised, softly assigned to the K centres with
+    a_k(x_i) = softmax_k(w_k . x_i + b_k), initialised to w_k = 2 alpha c_k, b_k = -alpha |c_k|^2 (the softmax of
+    -alpha |x_i - c_k|^2); v_k = sum_i a_k(x_i) (x_i - c_k) is L2-normalised per centre (intra-normalisation),
+    then the concatenation (k-major: v_0, v_1, ...) is L2-normalised. Parameters: `centroids` (K, C) and the 1x1
+    convolution `assign` (weight (K, C, 1, 1), bias (K,)), all trained, as in Arandjelovic et al.'s vladv2.
+    """
+
+    def __init__(self, dim: int, k: int = 64, alpha: float = 100.0) -> None:
+        super().__init__()
+        if k < 1 or dim < 1:
+            raise ConfigError(f"NetVLAD needs at least one cluster and one channel, got K={k}, C={dim}")
+        self.k, self.dim, self.alpha = k, dim, float(alpha)
+        self.centroids = nn.Parameter(torch.zeros(k, dim))
+        self.assign = nn.Conv2d(dim, k, kernel_size=1, bias=True)
+        with torch.no_grad():
+            self.assign.weight.zero_()
+            self.assign.bias.zero_()
+
+    @property
+    def output_dim(self) -> int:
+        return self.k * self.dim
+
+    def set_centroids(self, c: torch.Tensor, alpha: float) -> None:
+        """Set the centres c (K, C) and the assignment they imply for a softness alpha (module doc)."""
+        c = torch.as_tensor(c, dtype=torch.float32)
+        if tuple(c.shape) != (self.k, self.dim):
+            raise ValueError(f"centroids must be ({self.k}, {self.dim}), got {tuple(c.shape)}")
+        self.alpha = float(alpha)
+        with torch.no_grad():
+            self.centroids.copy_(c)
+            self.assign.weight.copy_(2.0 * alpha * c[:, :, None, None])
+            self.assign.bias.copy_(-alpha * (c * c).sum(dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x, dim=1)
+        a = F.softmax(self.assign(x).flatten(2), dim=1)  # (n, K, HW)
+        xf = x.flatten(2)  # (n, C, HW)
+        # sum_i a_k(x_i) x_i - (sum_i a_k(x_i)) c_k, for all k at once: (n, K, C)
+        v = torch.bmm(a, xf.transpose(1, 2)) - a.sum(dim=2, keepdim=True) * self.centroids[None]
+        v = F.normalize(v, dim=2)
+        return F.normalize(v.flatten(1), dim=1)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, dim={self.dim}, alpha={self.alpha:g}"
+
+
+def local_descriptors(
+    backbone: nn.Module, images: Iterable[torch.Tensor], per_image: int = 100, seed: int = 0
+) -> np.ndarray:
+    """L2-normalised local descriptors of the backbone's feature maps: up to `per_image` cells drawn (seeded)
+    from each image's map. images: preprocessed (3, h, w) float32 tensors. Returns (m, C) float32."""
+    rng = np.random.default_rng(seed)
+    device = next(backbone.parameters()).device
+    out = []
+    with torch.no_grad():
+        for im in images:
+            y = backbone(im[None].to(device))[0].float()  # (C, h, w)
+            x = F.normalize(y.flatten(1).T, dim=1).cpu().numpy()  # (h * w, C)
+            pick = rng.choice(len(x), size=min(per_image, len(x)), replace=False)
+            out.append(x[np.sort(pick)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def init_netvlad(
+    backbone: nn.Module, images: Iterable[torch.Tensor], k: int = 64, per_image: int = 100,
+    alpha: float | None = None, seed: int = 0,
+) -> NetVLAD:
+    """A NetVLAD over `backbone`'s conv map whose centres are the k-means (Faiss) of sampled local descriptors.
+
+    backbone: maps (n, 3, H, W) -> (n, C, h, w) (a `Backbone` cut at `conv`); images: preprocessed (3, h, w)
+    float32 tensors (the training images); per_image: local descriptors sampled from each image.
+    alpha: softness of the assignment; None derives it from the data as Arandjelovic et al.'s code does, so that
+    a descriptor's nearest centre gets 100 times the weight of its second nearest on average:
+    alpha = ln(100) / mean(d2_second - d2_first), squared distances to the centres.
+    Raises ConfigError when the images give fewer than k local descriptors.
+    """
+    x = local_descriptors(backbone, images, per_image, seed)
+    if len(x) < max(k, 2):
+        raise ConfigError(f"NetVLAD with K={k} clusters needs at least {max(k, 2)} local descriptors, the training "
+                          f"images gave {len(x)}: use more (or larger) images, or fewer clusters")
+    c = kmeans(x, k, seed=seed)
+    if alpha is None:
+        # |x - c|^2 = |x|^2 + |c|^2 - 2 x.c with |x| = 1: (m, K) without an (m, K, C) temporary
+        d2 = np.sort(1.0 + (c * c).sum(1)[None] - 2.0 * (x @ c.T), axis=1)
+        gap = float(np.mean(d2[:, 1] - d2[:, 0])) if k > 1 else 0.0
+        alpha = float(np.log(100.0) / gap) if gap > 0 else 100.0
+    pool = NetVLAD(x.shape[1], k)
+    pool.set_centroids(torch.from_numpy(c), alpha)
+    return pool

@@ -13,6 +13,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -26,6 +27,15 @@ FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--dim
         "--max-size", "64", "--batch-size", "4"]
 NON_UTF8 = os.fsdecode(b"caf\xe9 \xff.png")  # not valid UTF-8: a str with lone surrogates
 AS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Torch on one thread: on a busy 2-core machine two threads are many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def run(*args):
@@ -294,7 +304,8 @@ def _without_root_powers() -> list[str] | None:
 
 
 _READ_ONLY_SCRIPT = r"""
-import json, os, sys
+import json, os, sys, torch
+torch.set_num_threads(1)
 from click.testing import CliRunner
 from retr.cli import main
 photos, db, q = sys.argv[1:4]

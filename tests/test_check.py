@@ -7,6 +7,7 @@ import shutil
 import lmdb
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -18,6 +19,15 @@ from retr.retrieval.store import FileRecord, Store, id_key, path_key
 FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--dims", "8", "--device", "cpu",
         "--max-size", "64", "--batch-size", "4"]
 N = 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Torch on one thread: on a busy 2-core machine two threads are many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def run(*args):
@@ -94,6 +104,16 @@ def test_bad_index_file_is_listed_then_rebuilt_by_repair(db, damage):
     assert run("check", "--db", db).exit_code == 0
     with engine.Engine(db, device="cpu") as eng:
         assert eng.index.ntotal == N
+
+
+def test_a_search_rebuilds_a_corrupt_index_without_trusting_it(db, base):
+    path = db / engine.INDEX_FILE
+    good = path.read_bytes()
+    path.write_bytes(good[:-100] + bytes(100))
+    res = engine.search(db, [base[0] / "04.png"], k=1, device="cpu")
+    assert res[0].results[0].path == str(base[0] / "04.png")
+    assert path.read_bytes() == good  # rebuilt from the store, saved again: the same bytes
+    assert check(db).healthy
 
 
 def test_repair_never_touches_the_store(db):
