@@ -1,6 +1,7 @@
 """Which quantizer range should the engine use by default? Near-duplicate mAP for each range at h = 4.
 
-    python -m bench.ranges                    # about 2 minutes on 2 CPU cores
+    python -m bench.ranges --grid 3           # 72 tiles, 360 queries: about 2 minutes on 2 CPU cores
+    python -m bench.ranges --grid 4           # 128 tiles, 640 queries
 
 The bundled scikit-image photographs are too few (8) to separate anything: every range finds every original. So each
 photo is cut into a grid of `--grid` x `--grid` tiles, and every tile is a database image of its own: tiles of one
@@ -9,7 +10,7 @@ Copydays-style edits (crop, rotation, JPEG, scale, colour, contrast, blur, text,
 is the tile. Descriptors: the default backbone (EfficientNet-Lite0, ImageNet weights, conv + GeM). The codec is the
 engine's default (PCA to `--dims`, capped by the number of database images, then Q-2 with h levels) fitted on the
 database, searched as `retr query` does (asymmetric: queries reduced, not quantised), once per range. Writes
-`bench/results/ranges.json`.
+`bench/results/ranges-grid<GRID>.json`.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--edits", type=int, default=5)
     ap.add_argument("--dims", type=int, default=256)
     ap.add_argument("--levels", type=int, default=4)
-    ap.add_argument("--out", default="bench/results/ranges.json")
+    ap.add_argument("--out", default=None, help="JSON output [bench/results/ranges-grid<GRID>.json]")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,8 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['range']:20s} {r['bytes']:6d} {r['map']:7.2f} {r['recall@1']:7.2f}")
     res = {"rows": rows, "tiles": n_tiles, "queries": len(ds.queries), "args": vars(a),
            "machine": platform.platform(), "seconds": round(time.perf_counter() - t0, 1)}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1))
+    out = Path(a.out or f"bench/results/ranges-grid{a.grid}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
     return res
 
 

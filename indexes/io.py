@@ -1,14 +1,16 @@
 """Save and load an index file atomically, with the fingerprint of its source inside it.
 
 The file is one container, so an index can never be paired with another index's metadata:
-``RETRIDX1`` magic, a little-endian uint32 header length, a JSON header ``{version, config, fingerprint, ntotal, d}``,
-then Faiss's own serialisation. It is written to a temporary file and moved into place with ``os.replace``. An index
-whose header is unreadable, of another version, of another fingerprint or configuration, or whose body does not
-deserialise is stale: ``load_index`` returns None and the caller rebuilds it.
+``RETRIDX1`` magic, a little-endian uint32 header length, a JSON header ``{version, config, fingerprint, ntotal, d,
+bytes, blake2b}``, then Faiss's own serialisation (``bytes`` long, ``blake2b`` its 128-bit hex digest). It is written
+to a temporary file and moved into place with ``os.replace``. An index whose header is unreadable, of another version,
+of another fingerprint or configuration, whose body does not match its length and digest (zeroed bytes in the id map
+still deserialise) or does not deserialise is stale: ``load_index`` returns None and the caller rebuilds it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -52,7 +54,8 @@ def save_index(index: faiss.Index | FastScanIndex, path: str | os.PathLike, conf
             pass  # already a CPU index
     body = faiss.serialize_index(index).tobytes()
     header = json.dumps({"version": INDEX_FORMAT_VERSION, "config": config.to_dict(), "fingerprint": fingerprint,
-                         "ntotal": int(index.ntotal), "d": d, "bytes": len(body)}).encode()
+                         "ntotal": int(index.ntotal), "d": d, "bytes": len(body),
+                         "blake2b": hashlib.blake2b(body, digest_size=16).hexdigest()}).encode()
     _atomic_write(Path(path), _MAGIC + struct.pack("<I", len(header)) + header + body)
 
 
@@ -84,8 +87,8 @@ def load_index(path: str | os.PathLike, fingerprint: str,
         return None
     start = len(_MAGIC) + 4 + struct.unpack("<I", data[len(_MAGIC):len(_MAGIC) + 4])[0]
     body = data[start:]
-    if len(body) != meta.get("bytes"):
-        return None  # truncated or padded: never trusted
+    if len(body) != meta.get("bytes") or hashlib.blake2b(body, digest_size=16).hexdigest() != meta.get("blake2b"):
+        return None  # truncated, padded or altered: never trusted
     try:
         index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))
     except RuntimeError:

@@ -17,8 +17,8 @@ write loses at most the transaction in progress. LMDB allows one writer at a tim
 through a non-blocking ``flock`` on ``writer.lock`` rather than left waiting on LMDB's mutex. Readers in other
 processes run beside the writer, each read transaction (or ``snapshot()`` block) on one committed state; when the
 writer grows the map past a reader's, the reader adopts the new size (LMDB's ``MDB_MAP_RESIZED``) and goes on.
-A database in a folder the user cannot write can still be read: LMDB's lock file is then skipped (no reader table,
-which is safe because nobody can write there either).
+A database in a folder the user cannot write can still be read: LMDB's lock file is then skipped. Such a reader has
+no slot in LMDB's reader table, so it is only safe while nobody writes: true of a read-only copy or file system.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ class Store:
         elif not (self.path / "data.mdb").is_file():
             if self.path.exists():
                 raise DatabaseError(f"{self.path} is not a retr database (no data.mdb inside)")
-            raise DatabaseError(f"database {self.path} does not exist: create it with `retr index FOLDER --db {self.path}`")
+            raise DatabaseError(f"database {self.path} does not exist: create it with `retr index FOLDER --db "
+                                f"{self.path}`")
         if write:
             self._take_writer_lock()
         try:
@@ -156,14 +157,15 @@ class Store:
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def _make_dir(self) -> None:
         """Create the database folder; refuse a file, or a folder that already holds something else."""
+        ours = {"data.mdb", "lock.mdb", "writer.lock"}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            foreign = not (self.path / "data.mdb").exists() and any(f.name not in ours for f in self.path.iterdir())
         except FileExistsError:
             raise DatabaseError(f"{self.path} is a file, not a retr database; choose another --db") from None
         except OSError as e:
             raise DatabaseError(f"cannot create database {self.path}: {e.strerror}") from None
-        ours = {"data.mdb", "lock.mdb", "writer.lock"}
-        if not (self.path / "data.mdb").exists() and any(f.name not in ours for f in self.path.iterdir()):
+        if foreign:
             raise DatabaseError(f"{self.path} already holds other files and is not a retr database; choose a new "
                                 "--db")
 

@@ -54,7 +54,7 @@ def test_queries_during_indexing_see_whole_batches_and_a_second_writer_is_refuse
         qx = eng.encoder([np.asarray(Image.open(photos / q).convert("RGB")) for q in queries])
     write_images(photos, N1, N2)
 
-    code = ("import sys, torch; torch.set_num_threads(1); from retr.cli import main; main(prog_name='retr')")
+    code = "import torch; torch.set_num_threads(1); from retr.cli import main; main(prog_name='retr')"
     writer = subprocess.Popen([sys.executable, "-c", code, "index", str(photos), "--db", str(db), *FAST],
                               env={**os.environ, TXN_DELAY_ENV: "0.1"}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -82,7 +82,7 @@ def test_queries_during_indexing_see_whole_batches_and_a_second_writer_is_refuse
             seen.append(n)
             assert n in range(N1, N1 + N2 + 1, 4)  # a whole number of committed batches of 4
             assert "<deleted>" not in paths and (I >= 0).all()
-            assert [p for p in paths[::3]] == queries  # each query finds itself first
+            assert paths[::3] == queries  # each query finds itself first
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -93,13 +93,13 @@ def test_queries_during_indexing_see_whole_batches_and_a_second_writer_is_refuse
         assert eng.index.ntotal == N1 + N2
 
 
-_GROW = f"""
+_GROW = """
 import sys, numpy as np
 import retr.retrieval.store as st
 st._INITIAL_MAP_SIZE = 1 << 16
 with st.Store(sys.argv[1], write=True) as s:
     n = 2000
-    s.add([st.FileRecord(f"{{i}}.png", 1, 1, "ab" * 16) for i in range(n)], features=np.ones((n, 1024), np.float32))
+    s.add([st.FileRecord(f"{i}.png", 1, 1, "ab" * 16) for i in range(n)], features=np.ones((n, 1024), np.float32))
     print(s.env.info()["map_size"])
 """
 

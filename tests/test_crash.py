@@ -13,7 +13,6 @@ machine two threads are ~20x slower), the same in the reference and in the kille
 """
 
 import multiprocessing
-import os
 import subprocess
 import sys
 import time
