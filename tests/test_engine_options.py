@@ -1,0 +1,80 @@
+"""Engine options beyond the default path: refit, codec reuse, contradictions, symmetric search, IVF."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from retr.cli import main
+from retr.retrieval import engine
+from retr.retrieval.codec import CodecConfig
+from retr.retrieval.encoder import EncoderConfig
+from retr.retrieval.errors import ConfigError
+
+ENC = EncoderConfig.create("alexnet", weights="none", pooling="mac")
+CODEC = CodecConfig(reduction="pca", dims=64, quantizer="q2", levels=4)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def small(tmp_path):
+    from conftest import write_families
+    root = tmp_path / "photos"
+    write_families(root, 4)  # 28 images
+    return root
+
+
+@pytest.mark.slow
+def test_refit_from_kept_features_changes_the_code_size(small, tmp_path):
+    db = tmp_path / "a.retr"
+    rep = engine.index_folder(small, db, ENC, CODEC, keep_features=True, device="cpu", progress=False)
+    assert rep.code_size == 7  # capped at 28 dims (28 images) x 2 bits = 56 bits
+    assert engine.info(db).features_kept == 28
+    assert "capped at 28" in engine.info(db).codec_note
+    rep = engine.index_folder(small, db, codec=CodecConfig(reduction="pca", dims=16, quantizer="q2", levels=16),
+                              refit=True, keep_features=True, device="cpu", progress=False)
+    assert rep.codec_fitted and rep.code_size == 8  # 16 dims x 4 bits
+    assert json.loads(run("info", "--db", db, "--json").output)["code_size"] == 8
+    r = run("query", small / "f00" / "orig.png", "--db", db, "-k", 1, "--json")
+    assert json.loads(r.output)[0]["results"][0]["path"].endswith("f00/orig.png")
+
+
+@pytest.mark.slow
+def test_refit_without_features_is_refused(small, tmp_path):
+    db = tmp_path / "a.retr"
+    engine.index_folder(small, db, ENC, CODEC, device="cpu", progress=False)
+    with pytest.raises(ConfigError, match="--keep-features"):
+        engine.index_folder(small, db, refit=True, device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_codec_from_reuses_the_codec_and_contradictions_are_errors(small, tmp_path):
+    a, b = tmp_path / "a.retr", tmp_path / "b.retr"
+    engine.index_folder(small, a, ENC, CODEC, device="cpu", progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    for p in list((small / "f01").iterdir())[:3]:
+        (other / p.name).write_bytes(p.read_bytes())
+    rep = engine.index_folder(other, b, codec_from=a, device="cpu", progress=False)
+    assert not rep.codec_fitted and rep.total == 3
+    assert engine.info(a).codec == engine.info(b).codec and engine.info(b).encoder == engine.info(a).encoder
+    r = run("index", small, "--db", a, "--backbone", "resnet18", "--weights", "none")
+    assert r.exit_code != 0 and "was built with another encoder" in r.output
+    r = run("index", small, "--db", a, "--dims", "32")
+    assert r.exit_code != 0 and "was built with another codec" in r.output
+
+
+@pytest.mark.slow
+def test_symmetric_and_ivf_search_find_the_image_itself(small, tmp_path):
+    db = tmp_path / "a.retr"
+    r = run("index", small, "--db", db, "--backbone", "alexnet", "--weights", "none", "--pooling", "mac",
+            "--index", "ivf", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert engine.info(db).index["config"]["kind"] == "ivf"
+    q = small / "f02" / "crop.png"
+    for extra in ([], ["--symmetric"]):
+        out = json.loads(run("query", q, "--db", db, "-k", 3, "--json", *extra).output)
+        assert out[0]["results"][0]["path"] == str(q)
