@@ -342,14 +342,6 @@ class Store:
         ids = list(ids)
         self._write(lambda txn: [self._delete_in(txn, i) for i in ids])
 
-    def delete_entries(self, entries: dict[str, Iterable[bytes]]) -> None:
-        """Remove raw keys ``{sub-database: [key]}`` in one transaction (orphans found by a consistency check)."""
-        def fn(txn):
-            for name, keys in entries.items():
-                for k in keys:
-                    txn.delete(k, db=self._dbs[name])
-        self._write(fn)
-
     def set_skipped(self, skipped: dict[str, str], clear: Iterable[str] = ()) -> None:
         """Record ``{relative path: reason}`` for files that could not be indexed; forget those in ``clear``."""
         def fn(txn):

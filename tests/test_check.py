@@ -117,6 +117,19 @@ def test_a_search_rebuilds_a_corrupt_index_without_trusting_it(db, base):
     assert check(db).healthy
 
 
+def test_a_rerun_with_nothing_to_do_commits_nothing_and_sweeps_temp_files(base, db):
+    (db / f"{engine.INDEX_FILE}.abc123.tmp").write_bytes(b"half an index")  # a run killed while saving
+    with Store(db) as s:
+        g = s.generation()
+    index_bytes = (db / engine.INDEX_FILE).read_bytes()
+    rep = engine.index_folder(base[0], db, device="cpu", progress=False)
+    assert (rep.added, rep.unchanged, rep.total) == (0, N, N)
+    with Store(db) as s:
+        assert s.generation() == g  # no write transaction: the index stays current
+    assert sorted(f.name for f in db.iterdir()) == ["data.mdb", engine.INDEX_FILE, "lock.mdb", "writer.lock"]
+    assert (db / engine.INDEX_FILE).read_bytes() == index_bytes
+
+
 def test_repair_never_touches_the_store(db):
     (db / engine.INDEX_FILE).unlink()
     before = (db / "data.mdb").read_bytes()
