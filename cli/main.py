@@ -75,6 +75,8 @@ _CODEC_OPTS = ["reduction", "dims", "keep", "whiten", "quantizer", "levels", "ra
 @click.option("--max-size", type=int, default=None,
               help="Resize the longer side to this many pixels keeping the aspect ratio [default: the weights' "
                    "resize + centre crop].")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Index with a compressed model file (.retrm from `retr model compress`) instead of --backbone.")
 @click.option("--reduction", default="pca", show_default=True, type=click.Choice(["none", "pca", "dr1", "dr2"]),
               help="pca/dr2: keep the directions of most variance; dr1: a seeded random subset of dimensions.")
 @click.option("--dims", type=int, default=256, show_default=True, help="Dimensions kept after reduction.")
@@ -102,7 +104,8 @@ _CODEC_OPTS = ["reduction", "dims", "keep", "whiten", "quantizer", "levels", "ra
 @click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def index_cmd(ctx, folder, db, backbone, weights, layer, pooling, scales, max_size, reduction, dims, keep, whiten,
+def index_cmd(ctx, folder, db, backbone, weights, layer, pooling, scales, max_size, model_file, reduction, dims, keep,
+              whiten,
               quantizer, levels, range_, packing, index_kind, train_size, keep_features, refit, codec_from, prune,
               device, batch_size, workers, as_json):
     """Index every image under FOLDER into the database --db.
@@ -111,7 +114,9 @@ def index_cmd(ctx, folder, db, backbone, weights, layer, pooling, scales, max_si
     reuse it. Files that cannot be decoded are skipped and listed by `retr info`.
     """
     enc = None
-    if _given(ctx, _ENCODER_OPTS):
+    if model_file is not None:
+        enc = EncoderConfig.from_model_file(model_file, scales=_parse_scales(scales), max_size=max_size)
+    elif _given(ctx, _ENCODER_OPTS):
         enc = EncoderConfig.create(backbone, weights, layer, pooling, scales=_parse_scales(scales), max_size=max_size)
     codec = None
     if _given(ctx, _CODEC_OPTS):

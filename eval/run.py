@@ -162,8 +162,13 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
         xte = feats(ds.test_paths, "test")
         score_fn = classification_scores(ds, solver)
         all_paths = ds.train_paths + ds.test_paths
+    # FC's sizes are the paper's (tenths of n), or tenths of what PCA supports when the training split is smaller
+    pca_max = min(xtr.shape[1], len(xtr))
+    fc_dims = [p for p in stress.fc_grid(xtr.shape[1])[0] if p <= pca_max] or \
+        sorted({max(1, pca_max * k // 10) for k in range(1, 10)})
     grid = stress.run_grid(xtr, xte, score_fn, experiments=tuple(experiments), layer=enc_cfg.layer, reps=reps,
-                           levels=levels, pca_projection=pca_projection, cache_dir=out / "cache", progress=progress)
+                           levels=levels, pca_projection=pca_projection, cache_dir=out / "cache", progress=progress,
+                           fc_dims=fc_dims, fc_levels=levels)
     manifest = report.build_manifest(dataset=dataset, root=str(root) if root else None, encoder=enc_cfg.to_dict(),
                                      dataset_fingerprint=dataset_fingerprint(all_paths), n_train=len(xtr),
                                      n_test=len(xte), seed=seed, experiments=list(experiments),

@@ -21,7 +21,8 @@ Beyond the paper:
   q1-<r>, q2-<r>, fc-<r>   the same with a robust quantizer range r from `ranges` (default quantile:0.001,
              i.e. the 0.1% and 99.9% quantiles, and sigma:3, mean +- 3 standard deviations).
   pq, opq    Faiss product quantization of x with M sub-quantizers of 2**nbits centroids (M bytes at
-             nbits = 8); opq first learns an OPQ rotation to min(n, 4M) dimensions (Faiss' OPQ{M}_{4M}).
+             nbits = 8), trained on xtr; opq first learns an OPQ rotation to min(n, 4M) dimensions (Faiss'
+             OPQ{M}_{4M}) and scores the rotated reconstructions (inner products as in that space).
 
 Every point is cached as JSON under cache_dir/<experiment>/ as soon as it is scored; a rerun scores only
 the missing points. Points whose stressed features are bit-identical to an already scored pair (e.g. qb64
@@ -54,7 +55,11 @@ STRESS_VERSION = 1
 PAPER_EXPERIMENTS = ("dr1", "dr2", "q1", "q2", "qb", "fc")
 PCA_PROJECTIONS = ("centred", "uncentred")
 ROBUST_RANGES = {"quantile": "quantile:0.001", "sigma": "sigma:3"}
-OPQ_MAX_OUT = 1024  # OPQ learns a (4M x n) rotation by SVDs: beyond 1024 outputs it costs minutes per point
+# Default PQ sizes M (bytes at 8 bits): Faiss trains M k-means of 256 centroids, each costing about the same
+# whatever n / M is, so M = 256 already takes ~0.5-2 min on 2 cores for 5000 training vectors (M = 2048:
+# over 10 min). OPQ alternates 50 such trainings (4 k-means iterations each) with SVDs: capped lower.
+PQ_DEFAULT_BYTES = (8, 16, 32, 64, 128, 256)
+OPQ_MAX_OUT = 512
 _BASES = ("dr1", "dr2", "q1", "q2", "qb", "qb64", "qb32", "fc", "pq", "opq")
 _RANGED = ("q1", "q2", "fc")
 
@@ -374,12 +379,6 @@ def _product_quantize(
     return pq.decode(pq.compute_codes(xtr)), pq.decode(pq.compute_codes(xte)), float(pq.code_size)
 
 
-def _default_pq_bytes(n: int, fc_bytes: Sequence[float]) -> list[int]:
-    """Powers of two 8..512 and the FC points' byte counts, where they divide n (M must divide n)."""
-    candidates = {1 << i for i in range(3, 10)} | {int(b) for b in fc_bytes if b == int(b)}
-    return sorted(M for M in candidates if 1 <= M <= n and n % M == 0)
-
-
 def run_grid(
     xtr: np.ndarray,
     xte: np.ndarray,
@@ -410,9 +409,11 @@ def run_grid(
     Grid options: reps (dr1 repetitions); levels (h of q1 / q2); dr_sizes (dr1 / dr2 sizes, default
     dr1_sizes(n); PCA sizes beyond min(n, m_tr) are dropped); fc_dims, fc_levels (default fc_grid(n));
     qb_bits (k of qb64 and qb32, default all, those above 32 skipped for qb32); ranges (name -> codec
-    range of the "-name" experiments); pq_bytes (M of pq / opq, default: powers of two 8..512 and the FC
-    byte counts that divide n; opq keeps those with min(n, 4M) <= OPQ_MAX_OUT); pq_nbits (bits per PQ
-    code, the training set needs >= 2**pq_nbits vectors).
+    range of the "-name" experiments); pq_bytes (M of pq / opq, each dividing n; default PQ_DEFAULT_BYTES
+    that divide n; opq keeps those with min(n, 4M) <= OPQ_MAX_OUT); pq_nbits (bits per PQ code, the
+    training set needs >= 2**pq_nbits vectors). At 8 bits M is the bytes per vector: the FC points of
+    equal size are those with ceil(p ceil(log2 h) / 8) = M, e.g. 256 bytes = 409 dims at h = 17..32 or
+    2048 dims at h = 2 for n = 4096.
     cache_dir: each point is stored in cache_dir/<experiment>/<key>-<fingerprint>.json as soon as it is
     scored and reused by later runs on the same xtr, xte and cache_tag (name the score function in
     cache_tag when one cache serves several tasks). progress: a tqdm bar on stderr.
@@ -442,8 +443,7 @@ def run_grid(
         if not isinstance(h, (int, np.integer)) or not 1 <= h <= codec.MAX_LEVELS:
             raise ConfigError(f"stress levels must be integers in [1, {codec.MAX_LEVELS}], not {h!r}")
     pca_max = min(n, m_tr)
-    fc_bytes = [math.ceil(p * (h - 1).bit_length() / 8) for p in fc_dims for h in fc_levels if p <= pca_max]
-    pq_ms = list(pq_bytes) if pq_bytes is not None else _default_pq_bytes(n, fc_bytes)
+    pq_ms = list(pq_bytes) if pq_bytes is not None else [M for M in PQ_DEFAULT_BYTES if n % M == 0]
     if any(e in ("pq", "opq") for e, _ in parsed.values()):
         if m_tr < 1 << pq_nbits:
             raise ConfigError(

@@ -16,7 +16,7 @@ import torch
 
 from .backbones import DEFAULT_BACKBONE, get_spec, load_backbone, preprocess
 from .errors import ConfigError
-from .pooling import POOLINGS, Pooling, l2n, multiscale
+from .pooling import LEARNT_POOLINGS, POOLINGS, Pooling, l2n, multiscale
 
 ENCODER_VERSION = 1
 
@@ -43,6 +43,8 @@ class EncoderConfig:
     scales: tuple[float, ...] = (1.0,)
     max_size: int | None = None
     weights_sha256: str | None = None  # content hash of a local weights file, so a database notices another file
+    model: str | None = None  # a compressed model file (.retrm) that replaces backbone + pooling weights
+    model_dim: int | None = None
     version: int = ENCODER_VERSION
 
     def __post_init__(self) -> None:
@@ -50,7 +52,11 @@ class EncoderConfig:
         if self.layer not in spec.layers:
             raise ConfigError(f"backbone {self.backbone} has no layer '{self.layer}'; "
                               f"choose one of {', '.join(spec.layers)}")
-        if self.layer == "conv":
+        if self.pooling in LEARNT_POOLINGS:
+            if self.model is None:
+                raise ConfigError(f"{self.pooling} pooling has learnt parameters: build a model with `retr model "
+                                  "compress --pooling netvlad` and index with --model FILE")
+        elif self.layer == "conv":
             if self.pooling not in POOLINGS:
                 raise ConfigError(f"unknown pooling '{self.pooling}'; choose one of {', '.join(sorted(POOLINGS))}")
         elif self.pooling is not None:
@@ -74,9 +80,20 @@ class EncoderConfig:
             weights = os.path.abspath(weights)
         return cls(backbone=backbone, weights=weights, layer=layer, pooling=pooling, **kw)
 
+    @classmethod
+    def from_model_file(cls, path: str | os.PathLike, **kw) -> EncoderConfig:
+        """The configuration of a compressed model file: its backbone, layer and pooling, pinned by content hash."""
+        from .model_file import read_model_file  # only needed with --model
+
+        m = read_model_file(path).config
+        return cls(backbone=m.backbone, weights="model", layer=m.layer, pooling=m.pooling, gem_p=m.gem_p,
+                   weights_sha256=_file_sha256(path), model=os.path.abspath(path), model_dim=m.dim, **kw)
+
     @property
     def dim(self) -> int:
         """Descriptor dimension d."""
+        if self.model_dim is not None:
+            return self.model_dim
         return get_spec(self.backbone).layers[self.layer]
 
     def to_dict(self) -> dict:
@@ -99,7 +116,7 @@ class EncoderConfig:
     def describe(self) -> str:
         pool = f"+{self.pooling}" if self.pooling else ""
         ms = "" if self.scales == (1.0,) else " scales " + ",".join(f"{s:g}" for s in self.scales)
-        weights = self.weights if self.weights in ("imagenet", "none") else os.path.basename(self.weights)
+        weights = self.weights if self.weights in ("imagenet", "none") else os.path.basename(self.model or self.weights)
         return f"{self.backbone}/{self.layer}{pool} ({weights} weights, d={self.dim}){ms}"
 
 
@@ -131,11 +148,20 @@ class Encoder:
         self.config = config
         self.device = resolve_device(device)
         self.spec = get_spec(config.backbone)
-        self.model = load_backbone(config.backbone, weights=config.weights, layer=config.layer, seed=seed)
+        if config.model is not None:
+            from .model_file import load_model_file  # only needed with --model
+
+            if _file_sha256(config.model) != config.weights_sha256:
+                raise ConfigError(f"model file {config.model} changed since the database was built with it")
+            self.model, self.pool, _ = load_model_file(config.model)
+        else:
+            self.model = load_backbone(config.backbone, weights=config.weights, layer=config.layer, seed=seed)
+            self.pool = Pooling(config.pooling, p=config.gem_p) if config.layer == "conv" else None
         self.model.eval().to(self.device)
+        if self.pool is not None:
+            self.pool.eval().to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.pool = Pooling(config.pooling, p=config.gem_p) if config.layer == "conv" else None
 
     @property
     def dim(self) -> int:

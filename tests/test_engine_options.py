@@ -78,3 +78,25 @@ def test_symmetric_and_ivf_search_find_the_image_itself(small, tmp_path):
     for extra in ([], ["--symmetric"]):
         out = json.loads(run("query", q, "--db", db, "-k", 3, "--json", *extra).output)
         assert out[0]["results"][0]["path"] == str(q)
+
+
+@pytest.mark.slow
+def test_index_with_a_compressed_model_file(small, tmp_path):
+    import torch
+
+    from retr.retrieval.compress import CompressionConfig
+    from retr.retrieval.model_file import ModelConfig, build_model, save_model
+
+    ims = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    model = build_model(ModelConfig(weights="none", netvlad_k=4), ims)
+    f = save_model(model, tmp_path / "m.retrm", CompressionConfig(0.01, 8)).path
+    db = tmp_path / "m.retr"
+    r = run("index", small, "--db", db, "--model", f, "--dims", "16", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    info = engine.info(db)
+    assert info.encoder["pooling"] == "netvlad" and info.descriptor_dim == 4 * 256 and info.code_size == 4
+    q = small / "f03" / "flip.png"
+    assert json.loads(run("query", q, "--db", db, "-k", 1, "--json").output)[0]["results"][0]["path"] == str(q)
+    f.write_bytes(f.read_bytes() + b"x")  # another file under the same name is noticed
+    r = run("query", q, "--db", db)
+    assert r.exit_code != 0 and "changed since the database was built" in r.output
