@@ -20,14 +20,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..retrieval.encoder import Encoder, EncoderConfig
-from ..retrieval.errors import DatasetError
+from ..retrieval.backbones import get_spec
+from ..retrieval.encoder import Encoder, EncoderConfig, resolve_device
+from ..retrieval.errors import ConfigError, DatasetError
 from ..retrieval.images import Skipped, iter_decoded, read_image
 from . import metrics, report, stress
 from .datasets import ClassificationDataset, RetrievalDataset, load_dataset
+from .model_table import html_section
 from .svm import evaluate_classification
 
 PAPER_EXPERIMENTS = ("dr1", "dr2", "q1", "q2", "qb", "fc")
+GRID_ONLY = {"model"}  # experiments that are not points of the stress grid
 
 
 @dataclass
@@ -166,7 +169,8 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
     pca_max = min(xtr.shape[1], len(xtr))
     fc_dims = [p for p in stress.fc_grid(xtr.shape[1])[0] if p <= pca_max] or \
         sorted({max(1, pca_max * k // 10) for k in range(1, 10)})
-    grid = stress.run_grid(xtr, xte, score_fn, experiments=tuple(experiments), layer=enc_cfg.layer, reps=reps,
+    grid_experiments = tuple(e for e in experiments if e not in GRID_ONLY)
+    grid = stress.run_grid(xtr, xte, score_fn, experiments=grid_experiments, layer=enc_cfg.layer, reps=reps,
                            levels=levels, pca_projection=pca_projection, cache_dir=out / "cache", progress=progress,
                            fc_dims=fc_dims, fc_levels=levels)
     manifest = report.build_manifest(dataset=dataset, root=str(root) if root else None, encoder=enc_cfg.to_dict(),
@@ -175,5 +179,27 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
                                      wall_time_s=round(time.perf_counter() - t0, 1))
     files = report.write_report(grid, out, dataset, enc_cfg.backbone, manifest,
                                 title=f"{dataset}: {enc_cfg.describe()}")
+    if "model" in experiments:
+        files["model_table"] = _model_experiment(ds, dataset, enc_cfg, out, files["html"], device, seed)
     return EvalResult(dataset, grid, out, files, time.perf_counter() - t0)
+
+
+def _model_experiment(ds, dataset: str, enc_cfg: EncoderConfig, out: Path, html_page: Path, device: str,
+                      seed: int) -> Path:
+    """The ACPR 2017 table: the backbone + NetVLAD, pruned and quantized at the paper's settings, mAP vs MB on
+    ``ds``; written beside the report (model_table.*) and appended to its HTML page."""
+    from ..retrieval.model_file import ModelConfig, build_model
+    from .model_table import model_table, training_images
+
+    if not isinstance(ds, RetrievalDataset):
+        raise ConfigError("--experiments model needs a retrieval dataset (oxford5k, paris6k, synthetic, ...)")
+    size = get_spec(enc_cfg.backbone).input_size
+    base = build_model(ModelConfig(backbone=enc_cfg.backbone, weights=enc_cfg.weights, pooling="netvlad"),
+                       training_images(ds, enc_cfg.backbone, size, seed=seed), seed=seed)
+    dev = str(resolve_device(device))
+    table = model_table(base, {dataset: ds}, out, image_size=size, device=dev)
+    png = out / "model_table.png"
+    page = html_page.read_text()
+    html_page.write_text(page.replace("</body>", html_section(table, png if png.exists() else None) + "</body>"))
+    return out / "model_table.csv"
 

@@ -97,3 +97,15 @@ def test_missing_root_is_one_line(tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("Error:")
     r = run("eval", "oxford5k", "--root", tmp_path, "--out", tmp_path / "rep", *FAST)
     assert r.exit_code != 0 and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_model_experiment_writes_the_paper_table(tmp_path):
+    out = tmp_path / "rep"
+    r = run("eval", "synthetic", "--out", out, *FAST, "--experiments", "model")
+    assert r.exit_code == 0, r.output
+    rows = (out / "model_table.csv").read_text().splitlines()
+    assert rows[0].startswith("Method,Threshold for pruning,Percentage of parameters pruned,Drop in mAP (synthetic),"
+                              "Memory usage (MB)")
+    assert len(rows) == 1 + 7  # the base model and the paper's six (bits, threshold) settings
+    assert "Memory usage (MB)" in (out / "report.html").read_text()
