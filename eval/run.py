@@ -24,6 +24,7 @@ from ..retrieval.backbones import get_spec
 from ..retrieval.encoder import Encoder, EncoderConfig, resolve_device
 from ..retrieval.errors import ConfigError, DatasetError
 from ..retrieval.images import Skipped, iter_decoded, read_image
+from ..retrieval.fileio import atomic_write
 from . import metrics, report, stress
 from .datasets import ClassificationDataset, RetrievalDataset, load_dataset
 from .model_table import html_section
@@ -97,10 +98,7 @@ def cached_features(cache: Path | None, key: str, fn) -> np.ndarray:
     if f.exists():
         return np.load(f, allow_pickle=False)
     x = fn()
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp.npy")
-    np.save(tmp, x)
-    os.replace(tmp, f)
+    atomic_write(f, lambda fh: np.save(fh, x))
     return x
 
 

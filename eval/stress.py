@@ -34,13 +34,11 @@ M sub-quantizers.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +48,7 @@ import numpy as np
 
 from ..retrieval import codec
 from ..retrieval.errors import ConfigError
+from ..retrieval.fileio import atomic_write
 
 STRESS_VERSION = 1
 PAPER_EXPERIMENTS = ("dr1", "dr2", "q1", "q2", "qb", "fc")
@@ -320,17 +319,7 @@ def _digest(a: np.ndarray, b: np.ndarray) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 def _read_cached(path: Path, fingerprint: str) -> Point | None:

@@ -19,13 +19,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .fileio import atomic_write
 from .errors import ConfigError, DatabaseError
 
 CODEC_VERSION = 1
@@ -267,19 +267,7 @@ class CodecParams:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write `to_bytes()` atomically (temp file in the same folder, then os.replace); returns the path."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.to_bytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CodecParams:

@@ -2,7 +2,8 @@
 
 ``EncoderConfig`` is what a database records (backbone, weights, layer, pooling, scales, resizing); ``Encoder`` holds
 the loaded network for one device. ``Encoder.preprocess`` is a pure function of one image (it runs in decoding worker
-threads); ``Encoder.encode_batch`` is a pure function of a batch of preprocessed tensors, so a cluster engine can map it.
+threads); ``Encoder.encode_batch`` is a pure function of a batch of preprocessed tensors, so a cluster engine can
+map it.
 """
 
 from __future__ import annotations

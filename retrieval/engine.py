@@ -431,7 +431,8 @@ class Engine:
         """Descriptors ``(m, d) float32`` -> ``D (m, k)`` cosine similarities, ``I (m, k)`` store ids."""
         return indexes.search(self.index, self.query_vectors(x, symmetric), k, nprobe)
 
-    def search(self, queries: list, k: int = 10, symmetric: bool = False, nprobe: int | None = None) -> list[QueryResult]:
+    def search(self, queries: list, k: int = 10, symmetric: bool = False,
+               nprobe: int | None = None) -> list[QueryResult]:
         """Each query is a path or an ``(H, W, 3) uint8`` array; a bad query image raises ImageError."""
         images, names = [], []
         for q in queries:

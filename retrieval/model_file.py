@@ -23,12 +23,10 @@ stored tensors; parameters the descriptor does not use (AlexNet's classifier) ar
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import struct
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from torch import nn
 
 from .backbones import Backbone, get_spec, load_backbone
 from .compress import CompressedTensor, CompressionConfig, PruneReport, compress_state, pack_codes, unpack_codes
+from .fileio import atomic_write
 from .errors import ConfigError, WeightsUnavailable
 from .pooling import LEARNT_POOLINGS, POOLINGS, NetVLAD, Pooling, init_netvlad, l2n
 
@@ -263,20 +262,7 @@ def write_model_file(path: str | os.PathLike, config: ModelConfig, compression: 
               "tensors": entries, "payload_bytes": len(payload),
               "payload_sha256": hashlib.sha256(payload).hexdigest()}
     head = json.dumps(header, separators=(",", ":")).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + _LEN.pack(len(head)) + head)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, MAGIC + _LEN.pack(len(head)) + head + payload)
 
 
 def save_model(model: DescriptorNet, path: str | os.PathLike,

@@ -16,10 +16,8 @@ checkpoint=path)` resumes from one and gives the same weights as an uninterrupte
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -31,6 +29,7 @@ from tqdm.auto import tqdm
 from .backbones import preprocess
 from .compress import is_compressible
 from .encoder import resolve_device
+from .fileio import atomic_write
 from .errors import ConfigError
 from .images import read_image
 from .model_file import DescriptorNet
@@ -199,18 +198,7 @@ def _save_checkpoint(path: Path, model: DescriptorNet, opt: torch.optim.Optimize
             "model": model.config.to_dict(), "epoch": epoch, "curves": curves,
             "param_groups": sd["param_groups"], "opt_scalars": scalars}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_checkpoint(path: Path, model: DescriptorNet, opt: torch.optim.Optimizer,

@@ -4,7 +4,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
 from PIL import Image, ImageDraw
+
+from retr.cli import main
+
+
+def run(*args):
+    """``retr ARGS...`` in-process (each argument str()-ed); returns click's Result."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread: on a busy 2-core machine two threads are many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def family_base(rng: np.random.Generator, size: int = 160) -> Image.Image:

@@ -13,15 +13,13 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from retr.cli import main
 from retr.retrieval import engine, store as store_mod
 from retr.retrieval.errors import DatabaseError
 from retr.retrieval.images import printable
 from retr.retrieval.store import FORMAT_VERSION, Store
+from conftest import run
 
 FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--dims", "8", "--device", "cpu",
         "--max-size", "64", "--batch-size", "4"]
@@ -29,17 +27,7 @@ NON_UTF8 = os.fsdecode(b"caf\xe9 \xff.png")  # not valid UTF-8: a str with lone 
 AS_ROOT = os.geteuid() == 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Torch on one thread: on a busy 2-core machine two threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def one_line_error(r) -> str:

@@ -7,31 +7,19 @@ import shutil
 import lmdb
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from retr.cli import main
 from retr.retrieval import engine
 from retr.retrieval.check import check
 from retr.retrieval.store import FileRecord, Store, id_key, path_key
+from conftest import run
 
 FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--dims", "8", "--device", "cpu",
         "--max-size", "64", "--batch-size", "4"]
 N = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Torch on one thread: on a busy 2-core machine two threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

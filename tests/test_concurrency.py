@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -26,13 +25,7 @@ FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--dim
 N1, N2 = 24, 40  # images indexed first, then added while the reader queries
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Torch on one thread: on a busy 2-core machine two threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_images(root, start: int, n: int) -> None:

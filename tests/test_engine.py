@@ -4,18 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from retr.cli import main
+from conftest import run
 from retr.retrieval import engine
 
 ARGS = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--reduction", "pca", "--dims", "64",
         "--quantizer", "q2", "--levels", "4", "--device", "cpu"]
-
-
-def run(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return r
 
 
 @pytest.fixture

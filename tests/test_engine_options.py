@@ -3,20 +3,15 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from retr.cli import main
 from retr.retrieval import engine
 from retr.retrieval.codec import CodecConfig
 from retr.retrieval.encoder import EncoderConfig
 from retr.retrieval.errors import ConfigError
+from conftest import run
 
 ENC = EncoderConfig.create("alexnet", weights="none", pooling="mac")
 CODEC = CodecConfig(reduction="pca", dims=64, quantizer="q2", levels=4)
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture

@@ -5,18 +5,12 @@ import pickle
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import family_base
-from retr.cli import main
 from retr.eval.datasets import VOC_CLASSES
+from conftest import family_base, run
 
 FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--device", "cpu", "--levels", "2,4",
         "--reps", "2"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def assert_report(out, n_csv_min):
