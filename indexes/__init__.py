@@ -2,6 +2,7 @@
 
 from .build import build_index, default_nlist, default_nprobe, search, to_gpu_if_available
 from .config import FASTSCAN_KINDS, KINDS, IndexConfig, IndexConfigError
+from . import fastscan
 from .fastscan import FastScanIndex, build_fastscan, default_fastscan_nprobe
 from .io import load_index, read_header, save_index
 

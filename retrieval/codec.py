@@ -426,11 +426,17 @@ def decode(params: CodecParams, codes: np.ndarray) -> np.ndarray:
         raise ValueError(f"codes must be uint8, not {codes.dtype}")
     if cfg.quantizer == "none":
         return np.ascontiguousarray(codes).view("<f4").astype(_F32)
+    return dequantize(params, indices(params, codes))
+
+
+def indices(params: CodecParams, codes: np.ndarray) -> np.ndarray:
+    """codes (m, code_size) uint8 -> level indices (m, p) (what `quantize` gave), for a quantizing codec."""
+    cfg = params.config
+    if cfg.quantizer == "none":
+        raise ValueError("a codec without quantizer has no level indices")
     if cfg.packing == "radix":
-        idx = unpack_radix(codes, params.dims, cfg.levels)
-    else:
-        idx = unpack_bits(codes, params.dims, _bits(cfg.levels))
-    return dequantize(params, idx)
+        return unpack_radix(codes, params.dims, cfg.levels)
+    return unpack_bits(codes, params.dims, _bits(cfg.levels))
 
 
 def _check_indices(idx: np.ndarray, bound: int) -> None:

@@ -344,11 +344,17 @@ def _finish_codes(store: Store, params: CodecParams, d: int, keep_features: bool
 
 
 # -- the derived index ----------------------------------------------------------------------------------------------
-def _decoded_database(store: Store, params: CodecParams) -> tuple[np.ndarray, np.ndarray]:
-    """``ids (n,) int64`` and decoded, L2-normalised codes ``(n, p) float32``."""
-    ids, codes = store.read_all("codes", params.code_size, "u1")
+def _build_index(params: CodecParams, config: indexes.IndexConfig, ids: np.ndarray, codes: np.ndarray):
+    """The index over the stored ``codes (n, code_size) uint8``: fast-scan kinds scan the level indices directly
+    (lossless, with the codec's levels table); the others hold the decoded, L2-normalised vectors ``(n, p)``."""
+    if config.kind in indexes.FASTSCAN_KINDS:
+        cfg = params.config
+        if cfg.quantizer == "none" or cfg.levels > indexes.fastscan.MAX_LEVELS:
+            raise ConfigError(f"--index {config.kind} scans quantized codes: it needs --quantizer q1/q2 with "
+                              f"--levels <= {indexes.fastscan.MAX_LEVELS}")
+        return indexes.build_fastscan(codec_mod.levels(params), codec_mod.indices(params, codes), ids, config)
     xb = codec_mod.decode(params, codes) if len(codes) else np.zeros((0, params.dims), np.float32)
-    return ids, _l2n(xb)
+    return indexes.build_index(_l2n(xb), ids, config)
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -366,9 +372,9 @@ def _refresh_index(store: Store, params: CodecParams, config: indexes.IndexConfi
         fp = _fingerprint(store, params)
         idx = indexes.load_index(path, fp, config)
         if idx is None:
-            ids, xb = _decoded_database(store, params)
+            ids, codes = store.read_all("codes", params.code_size, "u1")
     if idx is None:
-        idx = indexes.build_index(xb, ids, config)
+        idx = _build_index(params, config, ids, codes)
         try:
             indexes.save_index(idx, path, config, fp)
         except OSError:

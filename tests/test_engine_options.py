@@ -95,3 +95,26 @@ def test_index_with_a_compressed_model_file(small, tmp_path):
     f.write_bytes(f.read_bytes() + b"x")  # another file under the same name is noticed
     r = run("query", q, "--db", db)
     assert r.exit_code != 0 and "changed since the database was built" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fastscan", "ivf-fastscan"])
+def test_fastscan_index_gives_the_flat_results(small, tmp_path, kind):
+    flat, fast = tmp_path / "flat.retr", tmp_path / "fast.retr"
+    args = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--dims", "16", "--device", "cpu"]
+    assert run("index", small, "--db", flat, *args).exit_code == 0
+    r = run("index", small, "--db", fast, *args, "--index", kind, "--codec-from", flat)
+    assert r.exit_code == 0, r.output
+    assert engine.info(fast).index["config"]["kind"] == kind
+    qs = [small / f"f0{i}" / "crop.png" for i in range(4)]
+    want = json.loads(run("query", *qs, "--db", flat, "-k", 5, "--json").output)
+    got = json.loads(run("query", *qs, "--db", fast, "-k", 5, "--json").output)
+    for w, g in zip(want, got):  # exact re-rank: the same scores (ties may swap equal-score paths)
+        assert [r["score"] for r in g["results"]] == pytest.approx([r["score"] for r in w["results"]], abs=1e-5)
+        assert g["results"][0]["path"] == w["results"][0]["path"]
+
+
+def test_fastscan_needs_a_quantizer(small, tmp_path):
+    r = run("index", small, "--db", tmp_path / "x.retr", "--backbone", "alexnet", "--weights", "none",
+            "--pooling", "mac", "--quantizer", "none", "--index", "fastscan", "--device", "cpu")
+    assert r.exit_code != 0 and "needs --quantizer q1/q2" in r.output
