@@ -1,0 +1,416 @@
+"""Encoding throughput benchmark: `retr index` end to end against the bare forward pass of the same backbone.
+
+    python -m bench.encode                          # efficientnet_lite0 (ImageNet weights), batch 32, 256 photos
+    python -m bench.encode --backbone resnet50 --batch-size 64 --n-images 512 --rounds 5
+
+Data: `--n-images` seeded JPEG photos of `--image-size` pixels (default 500x375, quality 90), each a random crop
+(50-100 % of the largest box of that aspect ratio, half of them mirrored) of one of scikit-image's bundled
+colour photographs (`retr.eval.edits.sample_photos`), resized bicubically: real photo content, real JPEG sizes.
+
+Modes, every one measured in the same process on the same photos, in images per second (img/s):
+
+- ``forward`` (the baseline): the backbone alone (`Encoder.model`, no pooling) on one pre-made normalised
+  ``(batch, 3, s, s) float32`` tensor, repeated until as many images as the photos went through it (after one
+  warm-up batch), under `torch.inference_mode` (s: the backbone's input side, 224 px for efficientnet_lite0).
+- ``index, fresh db``: `retr.retrieval.engine.index_folder` on the folder into a new database, progress off:
+  walk, read + hash + decode + preprocess in `--workers` threads, forward, descriptors staged in LMDB, codec
+  fitted, codes written, Faiss index built. Rate = photos / the call's total wall time (model loading included).
+- ``index, codec given``: the same with ``codec_from`` a database indexed from the same photos before the rounds
+  (the unmeasured warm-up), so each batch goes read -> decode -> preprocess -> forward -> codec -> one LMDB
+  transaction: what indexing a large collection does once its codec is fitted.
+- ``decode + preprocess``: `images.iter_decoded` with the engine's arguments (`--workers` threads, the
+  engine's JPEG draft size, `Encoder.preprocess`, file hashing), no forward: what the readers supply alone.
+
+The index modes also report the engine's per-stage timings (seconds, `IndexReport.timings`) and ``decode wait``
+= encode - forward - store: the time the forward pass waited for decoded images. ``cpu s/img`` is the process CPU
+time (all threads) per image: with every core busy, the end-to-end rate cannot exceed ``forward cpu / (forward cpu
++ decode cpu)`` of the bare forward pass (the "CPU ceiling" printed), however well decoding overlaps the forward.
+
+The machine may be shared and its load vary, so the modes are interleaved for `--rounds` rounds (the order rotated
+each round). Reported: per mode the best round (highest img/s: the least disturbed) and the median; ratios are
+best over best, and the median of the ratios taken within each round.
+
+With CUDA (`torch.cuda.is_available()`; skip with `--no-gpu`) the run adds, in bf16 with channels_last:
+``forward`` on the GPU, ``GPU JPEG decode`` (`torchvision.io.decode_jpeg` on lists of `--gpu-batch-size`
+files with device="cuda", then resize, centre crop and normalise on the GPU, from bytes already in memory) and
+``index, fresh db`` with device="cuda" (Pillow decoding on `--gpu-workers` CPU threads), on `--gpu-n-images`
+photos. The GPU ratio compares the end-to-end rate with the slower of the GPU forward and the GPU decode.
+
+Results: a table on stdout and `--out` (default bench/results/encode.json) with the machine (CPU model, cores,
+load average), versions, threads, OpenMP wait policy, every rate with its baseline from the same round.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# OpenMP threads that busy-wait between parallel regions (libgomp's default) take CPU from the decoding threads and,
+# on a shared machine, from each other: the bare forward pass then runs up to 1.5x slower than inside the indexing
+# pipeline (where the decoding threads' own OpenMP teams make libgomp throttle its spinning), and the ratio is
+# meaningless. Both are measured with passive waiting unless OMP_WAIT_POLICY is set; it only takes effect if torch
+# was not imported yet (both are recorded).
+_TORCH_PRELOADED = "torch" in sys.modules
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL  # noqa: E402
+import PIL.features  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+import torchvision.transforms.v2.functional as TF  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from retr.eval.edits import sample_photos  # noqa: E402
+from retr.retrieval import engine  # noqa: E402
+from retr.retrieval.encoder import Encoder, EncoderConfig  # noqa: E402
+from retr.retrieval.images import iter_decoded  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "encode.json"
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int, quality: int = 90) -> list[Path]:
+    """Write ``n`` JPEG files ``folder/000000.jpg...`` of ``size = (w, h)`` px: seeded random crops of the
+    scikit-image photos (50-100 % of the largest box with aspect w:h, half mirrored), resized bicubically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = list(sample_photos().values())
+    rng = np.random.default_rng(seed)
+    w, h = size
+    paths = []
+    for i in range(n):
+        src = Image.fromarray(photos[i % len(photos)])
+        W, H = src.size
+        bw = min(W, H * w / h) * rng.uniform(0.5, 1.0)
+        bh = bw * h / w
+        x0, y0 = rng.uniform(0, W - bw), rng.uniform(0, H - bh)
+        img = src.resize((w, h), Image.BICUBIC, box=(x0, y0, x0 + bw, y0 + bh))
+        if rng.random() < 0.5:
+            img = ImageOps.mirror(img)
+        paths.append(folder / f"{i:06d}.jpg")
+        img.save(paths[-1], quality=quality)
+    return paths
+
+
+def link_subset(paths: list[Path], folder: Path) -> None:
+    """Hard links (copies where links fail) of ``paths`` in ``folder``: a smaller folder of the same files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        try:
+            os.link(p, folder / p.name)
+        except OSError:
+            shutil.copyfile(p, folder / p.name)
+
+
+# -- timing ---------------------------------------------------------------------------------------------------------
+def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """Run ``fn`` once: (wall seconds, process CPU seconds over all threads)."""
+    sync()
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    sync()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def rate(n: int, t: tuple[float, float]) -> dict:
+    """``n`` images in ``t = (wall s, cpu s)`` -> img/s and CPU seconds per image."""
+    return {"img_s": n / t[0], "cpu_s_per_img": t[1] / n, "wall_s": t[0], "images": n}
+
+
+def forward_rate(enc: Encoder, batch: int, n: int, bf16: bool = False) -> dict:
+    """Bare forward of ``enc.model`` on one pre-made ``(batch, 3, s, s)`` tensor, repeated over ceil(n / batch)
+    batches after one warm-up batch; on CUDA in bf16 autocast with channels_last, synchronised."""
+    s = enc.spec.input_size
+    cuda = enc.device.type == "cuda"
+    x = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0)).to(enc.device)
+    if cuda:
+        x = x.to(memory_format=torch.channels_last)
+    reps = -(-n // batch)
+
+    @torch.inference_mode()
+    def run(k: int) -> None:
+        with torch.autocast(device_type=enc.device.type, dtype=torch.bfloat16, enabled=bf16):
+            for _ in range(k):
+                enc.model(x)
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    run(1)
+    return rate(reps * batch, timed(lambda: run(reps), sync))
+
+
+def decode_rate(enc: Encoder, paths: list[Path], workers: int) -> dict:
+    """The engine's reader alone: read + blake2b + Pillow decode (draft) + ``enc.preprocess`` on ``workers``
+    threads, results consumed in order and dropped."""
+    draft = (enc.spec.resize_size * 2,) * 2 if enc.config.max_size is None else None  # as engine._encode_into
+
+    def run() -> None:
+        for _ in iter_decoded(paths, workers=workers, transform=enc.preprocess, draft_size=draft, stamp=True):
+            pass
+
+    return rate(len(paths), timed(run))
+
+
+def index_rate(folder: Path, db: Path, n: int, **kw) -> dict:
+    """``engine.index_folder(folder, db, progress=False, **kw)``: img/s over the call's total wall time, plus
+    the per-stage timings of its IndexReport (seconds; ``decode wait`` = encode - forward - store, the time the
+    forward pass waited for decoded images)."""
+    reports = []
+    r = rate(n, timed(lambda: reports.append(engine.index_folder(folder, db, progress=False, **kw))))
+    t = dict(reports[0].timings)
+    t["decode wait"] = t["encode"] - t["forward"] - t["store"]
+    if reports[0].added != n:
+        raise RuntimeError(f"indexed {reports[0].added} of {n} photos (skipped: {reports[0].skipped})")
+    return r | {"timings_s": t, "streaming_img_s": n / t["encode"]}
+
+
+# -- GPU decoding ---------------------------------------------------------------------------------------------------
+def read_blobs(paths: list[Path]) -> list[torch.Tensor]:
+    """The bytes of each file as a 1-D uint8 tensor (what `torchvision.io.decode_jpeg` takes)."""
+    return [torchvision.io.read_file(str(p)) for p in paths]
+
+
+def gpu_preprocess(blobs: list[torch.Tensor], enc: Encoder, device: torch.device) -> torch.Tensor:
+    """Decode a list of JPEG byte tensors on ``device`` (one batched `decode_jpeg` call) and apply the
+    backbone's transform there (shorter side to resize_size, antialiased, centre crop, (x/255 - mean)/std).
+    Returns ``(n, 3, s, s) float32`` on ``device``. Images of one size are resized as one batch. Same decoded
+    pixels as Pillow; the float resize differs from `backbones.preprocess`'s uint8 one by at most one grey level
+    but in a few pixels in 100,000 (at most 4 levels; measured on the CPU)."""
+    spec = enc.spec
+    s = spec.input_size
+    imgs = torchvision.io.decode_jpeg(blobs, mode=torchvision.io.ImageReadMode.RGB, device=device)
+    out = torch.empty(len(imgs), 3, s, s, device=device)
+    groups: dict[tuple, list[int]] = {}
+    for i, im in enumerate(imgs):
+        groups.setdefault(tuple(im.shape), []).append(i)
+    mode = TF.InterpolationMode(spec.interpolation)
+    for idx in groups.values():
+        x = torch.stack([imgs[i] for i in idx]).float()
+        x = TF.resize(x, [spec.resize_size], interpolation=mode, antialias=True)
+        # round and clip as the CPU path's uint8 resize does (bicubic overshoots)
+        out[idx] = TF.center_crop(x, [s, s]).round_().clamp_(0, 255)
+    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1) * 255
+    return (out - mean) / std
+
+
+def gpu_decode_rate(enc: Encoder, blobs: list[torch.Tensor], batch: int) -> dict:
+    """`gpu_preprocess` over ``blobs`` in lists of ``batch`` files, after one warm-up list; synchronised."""
+    dev = enc.device
+
+    def run(bs: list[torch.Tensor]) -> None:
+        for i in range(0, len(bs), batch):
+            gpu_preprocess(bs[i : i + batch], enc, dev)
+
+    run(blobs[:batch])
+    return rate(len(blobs), timed(lambda: run(blobs), torch.cuda.synchronize))
+
+
+# -- the run --------------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int) -> dict:
+    cuda = torch.cuda.is_available()
+    return {
+        "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "torch_threads": threads,
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "faiss": faiss.__version__, "pillow": PIL.__version__,
+        "libjpeg_turbo": PIL.features.check_feature("libjpeg_turbo"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch_imported_before_policy": _TORCH_PRELOADED,
+        "load_avg_start": os.getloadavg(),
+    }
+
+
+def run_cpu(args: argparse.Namespace, enc_cfg: EncoderConfig, paths: list[Path], folder: Path, tmp: Path) -> dict:
+    enc = Encoder(enc_cfg, device="cpu")
+    n, b, w = len(paths), args.batch_size, args.workers
+    common = dict(encoder=enc_cfg, device="cpu", batch_size=b, workers=w)
+    # warm-up, not measured: the first index_folder call pays one-time imports and allocator growth; its database
+    # lends its codec to the "codec given" mode
+    engine.index_folder(folder, tmp / "warm.retr", progress=False, **common)
+    modes = {
+        "forward": lambda r: forward_rate(enc, b, n),
+        "index, fresh db": lambda r: index_rate(folder, tmp / f"fresh{r}.retr", n, **common),
+        "index, codec given": lambda r: index_rate(folder, tmp / f"given{r}.retr", n, codec_from=tmp / "warm.retr",
+                                                   **common),
+        "decode + preprocess": lambda r: decode_rate(enc, paths, w),
+    }
+    part = {"device": "cpu", "batch_size": b, "workers": w, "images": n,
+            "rounds": [interleaved(modes, r) for r in range(args.rounds)]}
+    return part | summarise(part["rounds"], {"index, fresh db": "forward", "index, codec given": "forward"})
+
+
+def run_gpu(args: argparse.Namespace, enc_cfg: EncoderConfig, paths: list[Path], folder: Path, tmp: Path) -> dict:
+    enc = Encoder(enc_cfg, device="cuda")
+    n, b, w = len(paths), args.gpu_batch_size, args.gpu_workers
+    common = dict(encoder=enc_cfg, device="cuda", batch_size=b, workers=w)
+    warm = tmp / "gpu-warm"
+    link_subset(paths[:b], warm)
+    engine.index_folder(warm, tmp / "gpu-warm.retr", progress=False, **common)
+    blobs = read_blobs(paths)
+    modes = {
+        "forward": lambda r: forward_rate(enc, b, n, bf16=True),
+        "GPU JPEG decode": lambda r: gpu_decode_rate(enc, blobs, b),
+        "index, fresh db": lambda r: index_rate(folder, tmp / f"gpu-fresh{r}.retr", n, **common),
+    }
+    part = {"device": "cuda", "batch_size": b, "workers": w, "images": n, "bf16": True, "channels_last": True,
+            "rounds": [interleaved(modes, r) for r in range(args.rounds)]}
+    return part | summarise(part["rounds"], {"index, fresh db": ("forward", "GPU JPEG decode")})
+
+
+def interleaved(modes: dict[str, Callable[[int], dict]], r: int) -> dict:
+    """Round ``r`` of the modes, in the order rotated by ``r`` (a load that drifts during a round then favours no
+    mode in particular); returns ``{mode: result}`` in the modes' own order, plus the 1-minute load average."""
+    names = list(modes)
+    order = names[r % len(names):] + names[: r % len(names)]
+    done = {k: modes[k](r) for k in order}
+    print(f"  round {r + 1}: " + ", ".join(f"{k} {done[k]['img_s']:.1f} img/s" for k in names), flush=True)
+    return {k: done[k] for k in names} | {"load_avg_1min": os.getloadavg()[0]}
+
+
+def summarise(rounds: list[dict], baselines: dict[str, str | tuple[str, ...]]) -> dict:
+    """Per mode, the median over rounds of every number, and the best round (highest img/s: the least disturbed by
+    other processes on a shared machine). Ratios ``vs_baseline`` of a mode: its img/s over its baseline's (over the
+    slowest of several), per round for the medians and best over best for the bests. ``cpu_ceiling`` (when there is
+    a ``decode + preprocess`` mode): forward CPU s/img / (forward + decode CPU s/img), from the medians."""
+    modes = [k for k, v in rounds[0].items() if isinstance(v, dict)]
+
+    def numbers(d: dict) -> dict:
+        return {m: x for m, x in d.items() if isinstance(x, (int, float))}
+
+    def ratio(row: dict, mode: str) -> float:
+        base = baselines[mode] if isinstance(baselines[mode], tuple) else (baselines[mode],)
+        return row[mode]["img_s"] / min(row[b]["img_s"] for b in base)
+
+    median = {k: {m: statistics.median(r[k][m] for r in rounds) for m in numbers(rounds[0][k])} for k in modes}
+    best = {k: numbers(max((r[k] for r in rounds), key=lambda v: v["img_s"])) for k in modes}
+    for mode in baselines:
+        median[mode]["vs_baseline"] = statistics.median(ratio(r, mode) for r in rounds)
+        best[mode]["vs_baseline"] = ratio(best, mode)
+    out = {"baselines": {k: list(v) if isinstance(v, tuple) else v for k, v in baselines.items()},
+           "median": median, "best": best}
+    if "decode + preprocess" in modes:
+        f, d = median["forward"]["cpu_s_per_img"], median["decode + preprocess"]["cpu_s_per_img"]
+        out["cpu_ceiling"] = f / (f + d)
+    return out
+
+
+def table(res: dict) -> str:
+    head = (f"{'device':6} {'mode':22} {'img/s best':>10} {'median':>8} {'cpu s/img':>10} {'vs baseline':>12} "
+            f"{'median':>8}  baseline")
+    lines = [head, "-" * len(head)]
+    for part in res["runs"]:
+        for mode, v in part["median"].items():
+            bv = part["best"][mode]
+            line = (f"{part['device']:6} {mode:22} {bv['img_s']:10.1f} {v['img_s']:8.1f} {v['cpu_s_per_img']:10.4f} ")
+            if mode in part["baselines"]:
+                base = part["baselines"][mode]
+                line += f"{bv['vs_baseline']:12.1%} {v['vs_baseline']:8.1%}  " + (
+                    base if isinstance(base, str) else "slower of " + ", ".join(base))
+            lines.append(line)
+        if "cpu_ceiling" in part:
+            lines.append(f"{'':6} {'CPU ceiling':22} {'':10} {'':8} {'':10} {part['cpu_ceiling']:12.1%}  "
+                         "forward CPU / (forward + decode CPU), medians")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    enc_cfg = EncoderConfig.create(args.backbone, weights=args.weights)
+    gpu = torch.cuda.is_available() and not args.no_gpu
+    n_all = max(args.n_images, args.gpu_n_images if gpu else 0)
+    w, h = args.image_size
+    res = {"command": " ".join(["python -m bench.encode"] + (sys.argv[1:] if args.argv is None else args.argv)),
+           "machine": machine(args.threads), "encoder": enc_cfg.to_dict(),
+           "photos": {"size_wh": [w, h], "jpeg_quality": 90, "seed": args.seed,
+                      "kind": "seeded random crops of scikit-image's colour photos, resized bicubically"},
+           "runs": []}
+    with tempfile.TemporaryDirectory(prefix="retr-bench-encode-", dir=args.tmp) as d:
+        tmp = Path(d)
+        t0 = time.perf_counter()
+        all_paths = make_photos(tmp / "photos-all", n_all, (w, h), args.seed)
+        size = sum(p.stat().st_size for p in all_paths) / n_all
+        print(f"photos: {n_all} JPEGs {w}x{h}, {size / 1024:.1f} KiB on average, written in "
+              f"{time.perf_counter() - t0:.1f} s; torch threads {args.threads}, decode workers {args.workers}",
+              flush=True)
+        res["photos"]["mean_bytes"] = size
+        cpu_paths = all_paths[: args.n_images]
+        link_subset(cpu_paths, tmp / "photos")
+        cpu_paths = [tmp / "photos" / p.name for p in cpu_paths]
+        print(f"cpu: {enc_cfg.describe()}, batch {args.batch_size}, {args.rounds} rounds", flush=True)
+        res["runs"].append(run_cpu(args, enc_cfg, cpu_paths, tmp / "photos", tmp))
+        if gpu:
+            gpu_paths = all_paths[: args.gpu_n_images]
+            link_subset(gpu_paths, tmp / "photos-gpu")
+            gpu_paths = [tmp / "photos-gpu" / p.name for p in gpu_paths]
+            print(f"cuda: {torch.cuda.get_device_name(0)}, batch {args.gpu_batch_size}, bf16, channels_last",
+                  flush=True)
+            res["runs"].append(run_gpu(args, enc_cfg, gpu_paths, tmp / "photos-gpu", tmp))
+        else:
+            res["gpu_note"] = ("no CUDA device visible: the GPU modes (bf16 forward, batched decode_jpeg on the GPU, "
+                               "index with device=cuda) were not measured" if not args.no_gpu else "--no-gpu")
+    res["machine"]["load_avg_end"] = os.getloadavg()
+    print(table(res))
+    if "gpu_note" in res:
+        print(res["gpu_note"])
+    print(f"load average (1, 5, 15 min): {res['machine']['load_avg_start']} at start, "
+          f"{res['machine']['load_avg_end']} at end, on {res['machine']['cores']} cores")
+    return res
+
+
+def size_wh(s: str) -> tuple[int, int]:
+    w, h = s.lower().split("x")
+    return int(w), int(h)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cores = len(os.sched_getaffinity(0))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--weights", default="imagenet", help="imagenet, none (random) or a state_dict path")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--n-images", type=int, default=256, help="photos for the CPU modes (a multiple of the batch "
+                    "size keeps every forward at the same batch size)")
+    ap.add_argument("--image-size", type=size_wh, default=(500, 375), help="WxH pixels of the photos")
+    ap.add_argument("--workers", type=int, default=2, help="decode threads of the CPU index run (retr's default)")
+    ap.add_argument("--threads", type=int, default=cores, help="torch intra-op threads (torch.set_num_threads)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; medians are reported")
+    ap.add_argument("--gpu-batch-size", type=int, default=256)
+    ap.add_argument("--gpu-n-images", type=int, default=8192)
+    ap.add_argument("--gpu-workers", type=int, default=cores, help="Pillow decode threads of the CUDA index run")
+    ap.add_argument("--no-gpu", action="store_true", help="CPU modes only, even with CUDA")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tmp", default=None, help="folder for the photos and databases (default: the system's)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
+    args = ap.parse_args(argv)
+    args.argv = argv
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
