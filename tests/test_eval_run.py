@@ -103,3 +103,78 @@ def test_model_experiment_writes_the_paper_table(tmp_path):
                               "Memory usage (MB)")
     assert len(rows) == 1 + 7  # the base model and the paper's six (bits, threshold) settings
     assert "Memory usage (MB)" in (out / "report.html").read_text()
+
+
+def _oxford_like(root, prefix):
+    """Oxford/Paris classic layout: jpg/ + gt_files with one query per landmark (2 landmarks x 4 images)."""
+    rng = np.random.default_rng(2)
+    for lm in ("a", "b"):
+        for k in range(4):
+            _write(root / "jpg" / f"{prefix}{lm}_00000{k}.jpg", family_base(rng, 96))
+        gt = root / "gt_files"
+        gt.mkdir(parents=True, exist_ok=True)
+        (gt / f"{lm}_1_query.txt").write_text(f"oxc1_{prefix}{lm}_000000 5 5 80 80\n")
+        (gt / f"{lm}_1_good.txt").write_text(f"{prefix}{lm}_000001\n{prefix}{lm}_000002\n")
+        (gt / f"{lm}_1_ok.txt").write_text(f"{prefix}{lm}_000003\n")
+        (gt / f"{lm}_1_junk.txt").write_text("")
+
+
+def _holidays(root):
+    rng = np.random.default_rng(3)
+    for g in (1000, 1001, 1002):
+        for k in range(3):
+            _write(root / "jpg" / f"{g}{k:02d}.jpg", family_base(rng, 96))
+
+
+def _mit67(root):
+    rng = np.random.default_rng(4)
+    train, test = [], []
+    for cls in ("bar", "kitchen"):
+        for k in range(6):
+            rel = f"{cls}/{k}.jpg"
+            _write(root / "Images" / rel, family_base(rng, 64))
+            (train if k < 4 else test).append(rel)
+    (root / "TrainImages.txt").write_text("\n".join(train) + "\n")
+    (root / "TestImages.txt").write_text("\n".join(test) + "\n")
+
+
+def _food101(root):
+    rng = np.random.default_rng(5)
+    train, test = [], []
+    for cls in ("apple_pie", "ramen"):
+        for k in range(6):
+            _write(root / "images" / cls / f"{k}.jpg", family_base(rng, 64))
+            (train if k < 4 else test).append(f"{cls}/{k}")
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "train.txt").write_text("\n".join(train) + "\n")
+    (root / "meta" / "test.txt").write_text("\n".join(test) + "\n")
+
+
+LAYOUTS = {"oxford5k": lambda r: _oxford_like(r, ""), "paris6k": lambda r: _oxford_like(r, "paris_"),
+           "holidays": _holidays, "mit67": _mit67, "food101": _food101}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_each_official_layout_gives_a_report(tmp_path, name):
+    root = tmp_path / name
+    LAYOUTS[name](root)
+    out = tmp_path / "rep"
+    r = run("eval", name, "--root", root, "--out", out, *FAST, "--experiments", "q1,q2", "--solver", "sklearn")
+    assert r.exit_code == 0, r.output
+    res = assert_report(out, 2)["result"]
+    metric = "accuracy" if name in ("mit67", "food101") else "map"
+    assert list(res["baseline"]) == [metric] and 0 <= res["baseline"][metric] <= 100
+    assert {p["experiment"] for p in res["points"]} >= {"q1", "q2"}
+
+
+@pytest.mark.slow
+def test_neardup_on_a_folder_of_photos(tmp_path):
+    rng = np.random.default_rng(6)
+    for k in range(4):
+        _write(tmp_path / "photos" / f"p{k}.jpg", family_base(rng, 128))
+    out = tmp_path / "rep"
+    r = run("eval", "neardup", "--root", tmp_path / "photos", "--out", out, *FAST, "--experiments", "q2")
+    assert r.exit_code == 0, r.output
+    res = assert_report(out, 1)["result"]
+    assert set(res["baseline"]) == {"map", "recall@1"}
