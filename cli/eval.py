@@ -42,6 +42,11 @@ def _parse_levels(s: str) -> tuple[int, ...]:
               help="Folder where descriptors are cached and reused by later runs.")
 @click.option("--no-crop", is_flag=True, help="Oxford/Paris: do not crop queries to their bounding box.")
 @click.option("--distractors", type=click.Path(path_type=str), default=None, help="R1M distractor folder.")
+@click.option("--codec-from", type=click.Choice(DATASETS), default=None,
+              help="Learn PCA / min-max / PQ on this retrieval dataset's database instead (e.g. paris6k for "
+                   "oxford5k).")
+@click.option("--codec-from-root", type=click.Path(path_type=str), default=None,
+              help="The --codec-from dataset's folder.")
 @click.option("--reps", type=int, default=10, show_default=True, help="DR-1 repetitions.")
 @click.option("--levels", default="2-30", show_default=True, help="Quantization levels h of Q-1/Q-2/FC.")
 @click.option("--pca-projection", default="centred", show_default=True, type=click.Choice(["centred", "uncentred"]),
@@ -52,7 +57,8 @@ def _parse_levels(s: str) -> tuple[int, ...]:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def eval_cmd(dataset, root, out, experiments, backbone, weights, layer, pooling, scales, max_size, features_cache,
-             no_crop, distractors, reps, levels, pca_projection, solver, device, batch_size, seed):
+             no_crop, distractors, codec_from, codec_from_root, reps, levels, pca_projection, solver, device,
+             batch_size, seed):
     """Measure how much accuracy each level of compression costs on DATASET.
 
     \b
@@ -65,7 +71,8 @@ def eval_cmd(dataset, root, out, experiments, backbone, weights, layer, pooling,
     exps = tuple(e.strip() for e in experiments.split(",") if e.strip())
     r = evaluate(dataset, root, out, enc, exps, features_cache=features_cache, device=device, batch_size=batch_size,
                  crop=not no_crop, distractors=distractors, reps=reps, levels=_parse_levels(levels),
-                 pca_projection=pca_projection, solver=solver, seed=seed)
+                 pca_projection=pca_projection, solver=solver, codec_from=codec_from, codec_from_root=codec_from_root,
+                 seed=seed)
     base = ", ".join(f"{k} {v:.2f}" for k, v in r.grid.baseline.items())
     click.echo(f"{dataset}: original descriptors ({r.grid.n}-dim float32): {base}")
     click.echo(f"report: {r.files['html']} ({r.seconds:.0f} s)")

@@ -129,8 +129,13 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
              features_cache: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 32,
              workers: int = 2, crop: bool = True, distractors: str | os.PathLike | None = None, reps: int = 10,
              levels: tuple[int, ...] = tuple(range(2, 31)), pca_projection: str = "centred", solver: str = "auto",
+             codec_from: str | None = None, codec_from_root: str | os.PathLike | None = None,
              seed: int = 0, progress: bool = True) -> EvalResult:
-    """Run the stress grid on one benchmark and write CSV, JSON, PNG and HTML under ``out``."""
+    """Run the stress grid on one benchmark and write CSV, JSON, PNG and HTML under ``out``.
+
+    Every transform (PCA, min/max, PQ) is learnt on the training split (the database for retrieval sets), or, with
+    ``codec_from``, on the database descriptors of another retrieval dataset read from ``codec_from_root`` (e.g.
+    learn on Paris, evaluate on Oxford)."""
     t0 = time.perf_counter()
     out = Path(out)
     enc_cfg = encoder or EncoderConfig()
@@ -163,17 +168,27 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
         xte = feats(ds.test_paths, "test")
         score_fn = classification_scores(ds, solver)
         all_paths = ds.train_paths + ds.test_paths
+    fit_on = None
+    if codec_from is not None:
+        other = load_dataset(codec_from, codec_from_root, **({"out": out / "codec-from-images"}
+                                                             if codec_from == "neardup" else {}))
+        if not isinstance(other, RetrievalDataset):
+            raise ConfigError(f"--codec-from {codec_from}: learn the codec on a retrieval dataset's database")
+        key = f"{codec_from}-db-{efp}-{dataset_fingerprint(other.db_paths)}"
+        fit_on = cached_features(cache, key, lambda: compute_features(enc, other.db_paths, None, batch_size, workers,
+                                                                       f"{codec_from} db", progress))
     # FC's sizes are the paper's (tenths of n), or tenths of what PCA supports when the training split is smaller
-    pca_max = min(xtr.shape[1], len(xtr))
+    pca_max = min(xtr.shape[1], len(xtr) if fit_on is None else len(fit_on))
     fc_dims = [p for p in stress.fc_grid(xtr.shape[1])[0] if p <= pca_max] or \
         sorted({max(1, pca_max * k // 10) for k in range(1, 10)})
     grid_experiments = tuple(e for e in experiments if e not in GRID_ONLY)
     grid = stress.run_grid(xtr, xte, score_fn, experiments=grid_experiments, layer=enc_cfg.layer, reps=reps,
                            levels=levels, pca_projection=pca_projection, cache_dir=out / "cache", progress=progress,
-                           fc_dims=fc_dims, fc_levels=levels)
+                           fc_dims=fc_dims, fc_levels=levels, fit_on=fit_on)
     manifest = report.build_manifest(dataset=dataset, root=str(root) if root else None, encoder=enc_cfg.to_dict(),
                                      dataset_fingerprint=dataset_fingerprint(all_paths), n_train=len(xtr),
                                      n_test=len(xte), seed=seed, experiments=list(experiments),
+                                     codec_from=codec_from,
                                      wall_time_s=round(time.perf_counter() - t0, 1))
     files = report.write_report(grid, out, dataset, enc_cfg.backbone, manifest,
                                 title=f"{dataset}: {enc_cfg.describe()}")

@@ -302,9 +302,9 @@ def _slug(spec: str) -> str:
     return spec.replace(":", "")
 
 
-def _fingerprint(xtr: np.ndarray, xte: np.ndarray, tag: str) -> str:
+def _fingerprint(xtr: np.ndarray, xte: np.ndarray, tag: str, xfit: np.ndarray | None = None) -> str:
     h = hashlib.sha256(f"retr-stress-{STRESS_VERSION}|{tag}".encode())
-    for a in (xtr, xte):
+    for a in (xtr, xte) if xfit is None else (xtr, xte, xfit):
         h.update(f"|{a.dtype.str}{a.shape}|".encode())
         h.update(np.ascontiguousarray(a).data)
     return h.hexdigest()
@@ -334,10 +334,10 @@ def _read_cached(path: Path, fingerprint: str) -> Point | None:
 
 
 def _quantize(
-    y_tr: np.ndarray, y_te: np.ndarray, cfg: codec.CodecConfig
+    y_tr: np.ndarray, y_te: np.ndarray, cfg: codec.CodecConfig, y_fit: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """decode(encode(.)) of both splits with a codec fitted on y_tr; and its code size in bytes."""
-    params = codec.fit(y_tr, cfg)
+    """decode(encode(.)) of both splits with a codec fitted on y_fit (default y_tr); and its code size in bytes."""
+    params = codec.fit(y_tr if y_fit is None else y_fit, cfg)
     return (
         codec.decode(params, codec.encode(params, y_tr)),
         codec.decode(params, codec.encode(params, y_te)),
@@ -346,9 +346,11 @@ def _quantize(
 
 
 def _product_quantize(
-    xtr: np.ndarray, xte: np.ndarray, M: int, nbits: int, d_out: int | None
+    xtr: np.ndarray, xte: np.ndarray, M: int, nbits: int, d_out: int | None, xfit: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """PQ reconstructions of both splits (in an OPQ-rotated space of d_out dims if given), the code size."""
+    """PQ reconstructions of both splits (in an OPQ-rotated space of d_out dims if given), the code size; trained
+    on xfit (default xtr)."""
+    xfit = xtr if xfit is None else xfit
     import faiss
 
     def new_pq(d: int) -> Any:
@@ -361,10 +363,10 @@ def _product_quantize(
         opq = faiss.OPQMatrix(xtr.shape[1], M, d_out)
         inner = new_pq(d_out)  # OPQMatrix otherwise trains an 8-bit quantizer that warns, whatever nbits
         opq.pq = inner
-        opq.train(xtr)
-        xtr, xte = opq.apply(xtr), opq.apply(xte)
+        opq.train(xfit)
+        xtr, xte, xfit = opq.apply(xtr), opq.apply(xte), opq.apply(xfit)
     pq = new_pq(xtr.shape[1])
-    pq.train(xtr)
+    pq.train(xfit)
     return pq.decode(pq.compute_codes(xtr)), pq.decode(pq.compute_codes(xte)), float(pq.code_size)
 
 
@@ -388,6 +390,7 @@ def run_grid(
     pq_bytes: Sequence[int] | None = None,
     pq_nbits: int = 8,
     cache_tag: str = "",
+    fit_on: np.ndarray | None = None,
 ) -> GridResult:
     """Score the identity and every point of `experiments` (module doc) and return them all.
 
@@ -416,8 +419,12 @@ def run_grid(
         raise ConfigError(f"unknown pca_projection {pca_projection!r}; use centred or uncentred")
     if not isinstance(reps, int) or reps < 1:
         raise ConfigError(f"reps must be a positive integer, not {reps!r}")
-    m_tr, n = xtr.shape
+    if fit_on is not None and (fit_on.ndim != 2 or fit_on.shape[1] != xtr.shape[1] or not len(fit_on)):
+        raise ValueError(f"fit_on must be a non-empty (m, {xtr.shape[1]}) array, got {fit_on.shape}")
     x32tr, x32te = xtr.astype(np.float32), xte.astype(np.float32)
+    # transforms are learnt on x32fit: the training split, or another dataset's descriptors (--codec-from)
+    x32fit = x32tr if fit_on is None else np.asarray(fit_on, np.float32)
+    m_tr, n = x32fit.shape
     names = list(dict.fromkeys(e for e in experiments))
     parsed = {e: _parse_experiment(e, ranges) for e in names}
     sizes = list(dr_sizes) if dr_sizes is not None else dr1_sizes(n)
@@ -446,13 +453,14 @@ def run_grid(
     # PCA for dr2 / fc, fitted once (all axes) and only if a point needs it
     pca_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def projected() -> tuple[np.ndarray, np.ndarray]:
+    def projected() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(training, test, fitting) features projected on the PCA axes learnt on the fitting features."""
         if not pca_cache:
-            params = codec.fit(x32tr, codec.CodecConfig(reduction="pca", dims=n, quantizer="none"))
+            params = codec.fit(x32fit, codec.CodecConfig(reduction="pca", dims=n, quantizer="none"))
             if pca_projection == "centred":
-                pca_cache["y"] = (codec.reduce(params, x32tr), codec.reduce(params, x32te))
+                pca_cache["y"] = tuple(codec.reduce(params, x) for x in (x32tr, x32te, x32fit))
             else:
-                pca_cache["y"] = (x32tr @ params.components.T, x32te @ params.components.T)
+                pca_cache["y"] = tuple(x @ params.components.T for x in (x32tr, x32te, x32fit))
         return pca_cache["y"]
 
     tasks = [_Task("identity", "identity", n, stress=lambda: (x32tr, x32te, 4.0 * n))]
@@ -464,7 +472,7 @@ def run_grid(
                     cfg = codec.CodecConfig(reduction="dr1", dims=int(p), quantizer="none", seed=r)
 
                     def stress(cfg=cfg, p=p):
-                        params = codec.fit(x32tr, cfg)
+                        params = codec.fit(x32fit, cfg)
                         return codec.reduce(params, x32tr), codec.reduce(params, x32te), 4.0 * p
 
                     tasks.append(_Task(name, f"p{p}-r{r}", int(p), rep=r, stress=stress))
@@ -472,7 +480,7 @@ def run_grid(
             for p in (p for p in sizes if p <= pca_max):
 
                 def stress(p=p):
-                    ytr, yte = projected()
+                    ytr, yte, _ = projected()
                     return ytr[:, :p], yte[:, :p], 4.0 * p
 
                 tasks.append(_Task(name, f"p{p}-{pca_projection}", int(p), stress=stress))
@@ -481,7 +489,7 @@ def run_grid(
                 cfg = codec.CodecConfig(reduction="none", quantizer=base, levels=int(h), range=spec)
 
                 def stress(cfg=cfg):
-                    return _quantize(x32tr, x32te, cfg)
+                    return _quantize(x32tr, x32te, cfg, x32fit)
 
                 tasks.append(_Task(name, f"h{h}-{_slug(spec)}", n, levels=int(h), stress=stress))
         elif base in ("qb", "qb64", "qb32"):
@@ -499,8 +507,8 @@ def run_grid(
                     cfg = codec.CodecConfig(reduction="none", quantizer="q2", levels=int(h), range=spec)
 
                     def stress(p=p, cfg=cfg):
-                        ytr, yte = projected()
-                        return _quantize(ytr[:, :p], yte[:, :p], cfg)
+                        ytr, yte, yfit = projected()
+                        return _quantize(ytr[:, :p], yte[:, :p], cfg, yfit[:, :p])
 
                     key = f"p{p}-h{h}-{pca_projection}-{_slug(spec)}"
                     tasks.append(_Task(name, key, int(p), levels=int(h), stress=stress))
@@ -510,11 +518,11 @@ def run_grid(
                 key = f"m{M}-b{pq_nbits}" + (f"-o{d_out}" if d_out else "")
 
                 def stress(M=M, d_out=d_out):
-                    return _product_quantize(x32tr, x32te, int(M), pq_nbits, d_out)
+                    return _product_quantize(x32tr, x32te, int(M), pq_nbits, d_out, x32fit)
 
                 tasks.append(_Task(name, key, d_out or n, stress=stress))
 
-    fingerprint = _fingerprint(xtr, xte, cache_tag)
+    fingerprint = _fingerprint(xtr, xte, cache_tag, None if fit_on is None else x32fit)
     cache = Path(cache_dir) if cache_dir is not None else None
     memo: dict[str, dict[str, float]] = {}
     points: list[Point] = []
@@ -552,7 +560,8 @@ def run_grid(
         "qb_bits": list(qb_bits) if qb_bits is not None else "all", "pca_projection": pca_projection,
         "ranges": dict(ranges), "pq_bytes": [int(M) for M in pq_ms], "opq_bytes": [int(M) for M in opq_ms],
         "pq_nbits": pq_nbits, "normalization": "l2 after stressing", "sd": "sample (ddof=1)",
-        "m_train": m_tr, "m_test": len(xte), "cache_tag": cache_tag, "fingerprint": fingerprint,
+        "m_train": len(xtr), "m_test": len(xte), "m_fit": m_tr,
+        "fit_on": "train" if fit_on is None else "other", "cache_tag": cache_tag, "fingerprint": fingerprint,
     }  # fmt: skip
     baseline = dict(points[0].scores)
     return GridResult(layer, n, list(baseline), baseline, points, settings)
