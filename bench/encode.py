@@ -27,8 +27,16 @@ time (all threads) per image: with every core busy, the end-to-end rate cannot e
 + decode cpu)`` of the bare forward pass (the "CPU ceiling" printed), however well decoding overlaps the forward.
 
 The machine may be shared and its load vary, so the modes are interleaved for `--rounds` rounds (the order rotated
-each round). Reported: per mode the best round (highest img/s: the least disturbed) and the median; ratios are
-best over best, and the median of the ratios taken within each round.
+each round), and each mode records ``others``: the share of the machine's CPU time (/proc/stat, steal included)
+that went to other processes while it ran. Reported: the quietest round whole (its rates and within-round ratios),
+per mode the median over rounds, and best over best.
+
+OpenMP (torch's CPU threads, libgomp on Linux): the run uses the environment it is given (OMP_WAIT_POLICY and
+GOMP_SPINCOUNT are recorded). By default libgomp's threads spin a while between parallel regions, but only a short
+while once the process has more OpenMP threads than cores, which the engine's decoding workers cause: each runs
+torch ops (`Encoder.preprocess`) and so starts an OpenMP team of its own. On an idle machine the long spin is the
+faster one; with other processes busy it is much slower (the threads spin on cores the others hold), so on a loaded
+machine the bare forward can come out slower than the same forward inside the pipeline: read ``others`` first.
 
 With CUDA (`torch.cuda.is_available()`; skip with `--no-gpu`) the run adds, in bf16 with channels_last:
 ``forward`` on the GPU, ``GPU JPEG decode`` (`torchvision.io.decode_jpeg` on lists of `--gpu-batch-size`
@@ -42,40 +50,31 @@ load average), versions, threads, OpenMP wait policy, every rate with its baseli
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import shutil
+import statistics
 import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-# OpenMP threads that busy-wait between parallel regions (libgomp's default) take CPU from the decoding threads and,
-# on a shared machine, from each other: the bare forward pass then runs up to 1.5x slower than inside the indexing
-# pipeline (where the decoding threads' own OpenMP teams make libgomp throttle its spinning), and the ratio is
-# meaningless. Both are measured with passive waiting unless OMP_WAIT_POLICY is set; it only takes effect if torch
-# was not imported yet (both are recorded).
-_TORCH_PRELOADED = "torch" in sys.modules
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import faiss
+import numpy as np
+import PIL
+import PIL.features
+import torch
+import torchvision
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageOps
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import PIL  # noqa: E402
-import PIL.features  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-import torchvision.transforms.v2.functional as TF  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
-
-from retr.eval.edits import sample_photos  # noqa: E402
-from retr.retrieval import engine  # noqa: E402
-from retr.retrieval.encoder import Encoder, EncoderConfig  # noqa: E402
-from retr.retrieval.images import iter_decoded  # noqa: E402
+from retr.eval.edits import sample_photos
+from retr.retrieval import engine
+from retr.retrieval.encoder import Encoder, EncoderConfig
+from retr.retrieval.images import iter_decoded
 
 RESULTS = Path(__file__).parent / "results" / "encode.json"
 
@@ -114,18 +113,34 @@ def link_subset(paths: list[Path], folder: Path) -> None:
 
 
 # -- timing ---------------------------------------------------------------------------------------------------------
-def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> tuple[float, float]:
-    """Run ``fn`` once: (wall seconds, process CPU seconds over all threads)."""
+def machine_cpu_s() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat (None where there is none).
+    Busy counts user, nice, system, irq, softirq and steal (time the hypervisor gave to other machines)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return busy / hz, (busy + v[3] + v[4]) / hz
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> tuple[float, float, float | None]:
+    """Run ``fn`` once: (wall seconds, this process's CPU seconds over all its threads, share of the machine's CPU
+    time that went to anything else meanwhile: other processes, or the hypervisor's other guests)."""
     sync()
-    w0, c0 = time.perf_counter(), time.process_time()
+    m0, w0, c0 = machine_cpu_s(), time.perf_counter(), time.process_time()
     fn()
     sync()
-    return time.perf_counter() - w0, time.process_time() - c0
+    m1, wall, cpu = machine_cpu_s(), time.perf_counter() - w0, time.process_time() - c0
+    others = None if m0 is None or m1 is None else max(0.0, (m1[0] - m0[0]) - cpu) / max(m1[1] - m0[1], 1e-9)
+    return wall, cpu, others
 
 
-def rate(n: int, t: tuple[float, float]) -> dict:
-    """``n`` images in ``t = (wall s, cpu s)`` -> img/s and CPU seconds per image."""
-    return {"img_s": n / t[0], "cpu_s_per_img": t[1] / n, "wall_s": t[0], "images": n}
+def rate(n: int, t: tuple[float, float, float | None]) -> dict:
+    """``n`` images in ``t = timed(...)`` -> img/s, CPU seconds per image, the others' share of the machine."""
+    return {"img_s": n / t[0], "cpu_s_per_img": t[1] / n, "wall_s": t[0], "images": n, "others_cpu_share": t[2]}
 
 
 def forward_rate(enc: Encoder, batch: int, n: int, bf16: bool = False) -> dict:
@@ -237,7 +252,7 @@ def machine(threads: int) -> dict:
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "faiss": faiss.__version__, "pillow": PIL.__version__,
         "libjpeg_turbo": PIL.features.check_feature("libjpeg_turbo"),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch_imported_before_policy": _TORCH_PRELOADED,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "load_avg_start": os.getloadavg(),
     }
 
@@ -290,10 +305,11 @@ def interleaved(modes: dict[str, Callable[[int], dict]], r: int) -> dict:
 
 
 def summarise(rounds: list[dict], baselines: dict[str, str | tuple[str, ...]]) -> dict:
-    """Per mode, the median over rounds of every number, and the best round (highest img/s: the least disturbed by
-    other processes on a shared machine). Ratios ``vs_baseline`` of a mode: its img/s over its baseline's (over the
-    slowest of several), per round for the medians and best over best for the bests. ``cpu_ceiling`` (when there is
-    a ``decode + preprocess`` mode): forward CPU s/img / (forward + decode CPU s/img), from the medians."""
+    """Per mode, the median over rounds of every number and the best round (highest img/s); with /proc/stat, also
+    the quietest round (others' CPU share lowest) whole. Ratios ``vs_baseline`` of a mode: its img/s over its
+    baseline's (over the slowest of several), within each round for the medians and the quietest round, best over
+    best for the bests. ``cpu_ceiling`` (when there is a ``decode + preprocess`` mode): forward CPU s/img /
+    (forward + decode CPU s/img), from the medians."""
     modes = [k for k, v in rounds[0].items() if isinstance(v, dict)]
 
     def numbers(d: dict) -> dict:
@@ -310,6 +326,14 @@ def summarise(rounds: list[dict], baselines: dict[str, str | tuple[str, ...]]) -
         best[mode]["vs_baseline"] = ratio(best, mode)
     out = {"baselines": {k: list(v) if isinstance(v, tuple) else v for k, v in baselines.items()},
            "median": median, "best": best}
+    if all(r[k]["others_cpu_share"] is not None for r in rounds for k in modes):
+        # the round in which other processes took the least CPU during its busiest-for-them mode
+        i = min(range(len(rounds)), key=lambda i: max(rounds[i][k]["others_cpu_share"] for k in modes))
+        quiet = {k: numbers(rounds[i][k]) for k in modes}
+        for mode in baselines:
+            quiet[mode]["vs_baseline"] = ratio(rounds[i], mode)
+        out["quietest"] = {"round": i, "others_cpu_share_max": max(v["others_cpu_share"] for v in quiet.values()),
+                           "modes": quiet}
     if "decode + preprocess" in modes:
         f, d = median["forward"]["cpu_s_per_img"], median["decode + preprocess"]["cpu_s_per_img"]
         out["cpu_ceiling"] = f / (f + d)
@@ -317,21 +341,33 @@ def summarise(rounds: list[dict], baselines: dict[str, str | tuple[str, ...]]) -
 
 
 def table(res: dict) -> str:
-    head = (f"{'device':6} {'mode':22} {'img/s best':>10} {'median':>8} {'cpu s/img':>10} {'vs baseline':>12} "
-            f"{'median':>8}  baseline")
+    """Per mode: img/s and others' CPU share in the quietest round (the median round without /proc/stat), the
+    median img/s and CPU s/img over rounds; per measured mode its ratio to its baseline in the quietest round, the
+    median of the per-round ratios, and best over best."""
+    head = (f"{'device':6} {'mode':22} {'img/s':>8} {'others':>7} {'median':>8} {'cpu s/img':>10} "
+            f"{'vs baseline':>11} {'median':>7} {'best':>7}  baseline")
     lines = [head, "-" * len(head)]
     for part in res["runs"]:
+        quiet = part.get("quietest", {}).get("modes", part["median"])
         for mode, v in part["median"].items():
-            bv = part["best"][mode]
-            line = (f"{part['device']:6} {mode:22} {bv['img_s']:10.1f} {v['img_s']:8.1f} {v['cpu_s_per_img']:10.4f} ")
+            q = quiet[mode]
+            others = "" if q.get("others_cpu_share") is None else f"{q['others_cpu_share']:7.0%}"
+            line = (f"{part['device']:6} {mode:22} {q['img_s']:8.1f} {others:>7} {v['img_s']:8.1f} "
+                    f"{v['cpu_s_per_img']:10.4f} ")
             if mode in part["baselines"]:
                 base = part["baselines"][mode]
-                line += f"{bv['vs_baseline']:12.1%} {v['vs_baseline']:8.1%}  " + (
-                    base if isinstance(base, str) else "slower of " + ", ".join(base))
-            lines.append(line)
+                line += (f"{q['vs_baseline']:11.1%} {v['vs_baseline']:7.1%} {part['best'][mode]['vs_baseline']:7.1%}  "
+                         + (base if isinstance(base, str) else "slower of " + ", ".join(base)))
+            lines.append(line.rstrip())
         if "cpu_ceiling" in part:
-            lines.append(f"{'':6} {'CPU ceiling':22} {'':10} {'':8} {'':10} {part['cpu_ceiling']:12.1%}  "
+            lines.append(f"{'':6} {'CPU ceiling':22} {'':8} {'':7} {'':8} {'':10} {part['cpu_ceiling']:11.1%}  "
                          "forward CPU / (forward + decode CPU), medians")
+        noisy = part.get("quietest", {}).get("others_cpu_share_max", 0.0)
+        if noisy > 0.1:
+            lines.append(f"{'':6} warning: other processes took up to {noisy:.0%} of the machine's CPU even in the "
+                         "quietest round; the rates and ratios are not those of an idle machine")
+    lines.append("img/s, others, vs baseline: the quietest round (others = share of the machine's CPU taken by other "
+                 "processes meanwhile)")
     return "\n".join(lines)
 
 

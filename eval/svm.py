@@ -9,13 +9,15 @@ The bias is LIBLINEAR's: a constant feature 1 appended to every x, its weight re
 
 - "sklearn": LinearSVC (which is LIBLINEAR), one class at a time. The reference.
 - "torch": all classes at once by a truncated Newton method, as LIBLINEAR's primal solver: conjugate
-  gradients on Hessian-vector products (float32) with a diagonal + rank-one preconditioner, then an Armijo
-  line search, until the float64 gradient norm falls below `tol` times its initial value. Its objective
+  gradients on Hessian-vector products, then an Armijo line search, until the gradient norm falls below `tol`
+  times its norm at w = 0. The products with X are float32 (weights, decision values and objectives float64);
+  the preconditioner is exact on the top-64 eigenvectors of X^T X (a seeded randomized range finder, shared by
+  the classes) and diagonal elsewhere, so each Newton step takes a few conjugate gradient steps. Its objective
   ends at or below LinearSVC's; tests/test_svm.py checks the optimum by hand and the mAP against the
-  reference (within 0.1 point). It is the default ("auto"): on 2 CPU cores, for a VOC 2007-sized problem
-  (5011 x 4096, 20 classes) it takes about 20 s against LinearSVC's 45 s when under half of the features
-  are zero (PCA-reduced and quantized features are dense), 21 s against 18 s at 74% zeros (raw ReLU
-  features, which LIBLINEAR's sparse format exploits). The same code runs on a CUDA device.
+  reference (within 0.1 point). It is the default ("auto"). `warm_start` starts it from a neighbouring
+  problem's weights (the previous point of a stress grid: q2 with h - 1 levels, ...). The same code runs on a
+  CUDA device. Speed against LinearSVC on the paper's VOC 2007-shaped grid (5011 x 4096, 20 classes, 2 CPU
+  cores): `python -m bench.stress`, figures in bench/README.md.
 
 Label 0 (VOC "difficult") leaves the example out of that class's training, the usual VOC practice (the
 devkit ignores such examples when scoring, and metrics.voc_map does too).
@@ -36,6 +38,7 @@ from .metrics import accuracy, voc_map
 
 SOLVERS = ("auto", "torch", "sklearn")
 DEFAULT_SOLVER = "torch"  # what "auto" picks: faster than LinearSVC on VOC-sized problems (module doc)
+_RANK = 64  # eigenvectors of X^T X in the torch solver's preconditioner (fewer: more CG steps; more: costlier setup)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +73,7 @@ def train_ovr(
     solver: str = "auto",
     device: str = "auto",
     tol: float = 1e-6,
+    warm_start: LinearModel | None = None,
 ) -> LinearModel:
     """Train one L2-loss linear SVM per class (module doc).
 
@@ -77,20 +81,25 @@ def train_ovr(
     y: (n, C) int labels in {1, -1, 0}, 0 = left out of that class's training; C: regularisation constant;
     solver: "torch" (batched Newton), "sklearn" (LinearSVC, CPU) or "auto" (DEFAULT_SOLVER); device: the
     torch solver's device, "auto" = CUDA when available, else CPU; tol: the torch solver's relative
-    gradient-norm tolerance. Raises DatasetError when a class lacks positives or negatives.
+    gradient-norm tolerance; warm_start: a model with the same C and d (e.g. the previous point of a stress
+    grid) the torch solver starts from, class by class where it has a lower objective than w = 0: the optimum
+    is the same, reached in fewer steps when the problems are close. "sklearn" ignores it (LinearSVC always
+    starts from 0). Raises DatasetError when a class lacks positives or negatives.
     """
     if solver not in SOLVERS:
         raise ConfigError(f"unknown SVM solver {solver!r}; use one of {', '.join(SOLVERS)}")
     if not C > 0:
         raise ConfigError(f"the SVM constant C must be positive, not {C!r}")
     x, y = _check(x, y)
+    if warm_start is not None and warm_start.W.shape != (y.shape[1], x.shape[1]):
+        raise ValueError(f"warm_start has W {warm_start.W.shape}, this problem needs {(y.shape[1], x.shape[1])}")
     if (DEFAULT_SOLVER if solver == "auto" else solver) == "sklearn":
         return _train_sklearn(x, y, C)
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return _train_torch(x, y, C, device, tol)
+    return _train_torch(x, y, C, device, tol, warm_start)
 
 
 def _train_sklearn(x: np.ndarray, y: np.ndarray, cost: float) -> LinearModel:
@@ -110,56 +119,78 @@ def _train_sklearn(x: np.ndarray, y: np.ndarray, cost: float) -> LinearModel:
     return LinearModel(W=W, b=b)
 
 
-def _train_torch(x: np.ndarray, y: np.ndarray, cost: float, device: str, tol: float) -> LinearModel:
+def _train_torch(
+    x: np.ndarray, y: np.ndarray, cost: float, device: str, tol: float, start: LinearModel | None
+) -> LinearModel:
     import torch
 
     dev = torch.device(device)
-    f64, f32 = torch.float64, torch.float32
+    f32, f64 = torch.float32, torch.float64
+    used = (y != 0).any(1)  # examples left out of every class play no part: drop them
+    x, y = x[used], y[used]
     n, d = x.shape
-    # the bias as a constant feature 1 (LIBLINEAR's bias handling: its weight is regularised)
-    X = torch.ones((n, d + 1), dtype=f64, device=dev)
-    X[:, :d] = torch.as_tensor(np.asarray(x), device=dev).to(f64)
-    # The search direction (conjugate gradients on Hessian-vector products) only steers: float32 and a
-    # transposed copy (a contiguous matmul) make it about 3x faster. Gradients and objectives stay float64.
-    X32 = X.to(f32)
-    Xt32 = X32.T.contiguous()
-    X2 = X32 * X32
+    n_cls = y.shape[1]
+    # The matrix products with X are nearly all the time: X is float32 (half the memory traffic of float64, about
+    # 3x faster on CPU). Weights, decision values, objectives and gradient norms are float64 (they are small).
+    X = torch.ones((n, d + 1), dtype=f32, device=dev)  # the bias as a constant feature 1 (LIBLINEAR's)
+    X[:, :d] = torch.as_tensor(np.asarray(x), device=dev)
+    X2 = X * X
     Y = torch.as_tensor(y.astype(np.float64), device=dev)  # (n, C), 0 = left out
-    W = torch.zeros((y.shape[1], d + 1), dtype=f64, device=dev)
+    keep = (Y != 0).to(f64)
     two_c = 2.0 * cost
 
-    def state(W: torch.Tensor, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Objective (C,), gradient (C, d+1) and hinge residuals r = max(0, 1 - y z) (n, C), 0 if left out."""
-        r = torch.clamp(1.0 - Y * Z, min=0.0) * (Y != 0)
-        return 0.5 * (W * W).sum(1) + cost * (r * r).sum(0), W - two_c * (Y * r).T @ X, r
+    def objective(W: torch.Tensor, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Objective (C,) and hinge residuals r = max(0, 1 - y z) (n, C), 0 where left out."""
+        r = torch.clamp(1.0 - Y * Z, min=0.0) * keep
+        return 0.5 * (W * W).sum(1) + cost * (r * r).sum(0), r
 
-    Z = X @ W.T
-    f, G, r = state(W, Z)
-    g0 = G.norm(dim=1)
-    stalled = torch.zeros_like(g0, dtype=torch.bool)  # no decrease found along the step: float64's limit
+    W = torch.zeros((n_cls, d + 1), dtype=f64, device=dev)
+    Z = torch.zeros((n, n_cls), dtype=f64, device=dev)
+    g0 = None  # the gradient norm at w = 0, the scale of `tol`
+    if start is not None:
+        W1 = torch.as_tensor(np.hstack([start.W, start.b[:, None]]), dtype=f64, device=dev)
+        Z1 = (X @ W1.to(f32).T).to(f64)
+        # a class keeps the warm start only if it beats w = 0, whose objective is C * (its training examples)
+        better = objective(W1, Z1)[0] < cost * keep.sum(0)
+        W, Z = torch.where(better[:, None], W1, W), torch.where(better, Z1, Z)
+        g0 = two_c * (Y.to(f32).T @ X).to(f64).norm(dim=1)
+    Q, XQ = _top_subspace(X, min(_RANK, d + 1))
+
+    f, r = objective(W, Z)
+    stalled = torch.zeros(n_cls, dtype=torch.bool, device=dev)  # no decrease found along the step: float's limit
     for _ in range(200):
-        todo = (G.norm(dim=1) > tol * g0) & ~stalled
+        G = W - two_c * ((Y * r).to(f32).T @ X).to(f64)
+        gn = G.norm(dim=1)
+        g0 = gn if g0 is None else g0
+        todo = (gn > tol * g0) & ~stalled
         if not todo.any():
             break
-        A = (r > 0).to(f32)  # (n, C) active examples: the generalised Hessian is I + 2C X_A^T X_A
-        na = A.sum(0)[:, None]
-        mu = (A.T @ X32) / na.clamp(min=1.0)
-        # Preconditioner: the Hessian's diagonal, with the active examples' mean direction as a rank-one
-        # term (nonnegative CNN features share a large mean, the Hessian's stiffest direction)
-        diag = 1.0 + two_c * (A.T @ X2 - na * mu * mu)
-        u = (two_c * na).sqrt() * mu
+        A = (r > 0).to(f32)  # (n, C) active examples: the generalised Hessian is H = I + 2C X_A^T X_A
+        # Preconditioner: H exactly on the span of Q (the top eigenvectors of X^T X, where CNN features put
+        # most of their energy: nonnegative features share a large mean, then a decaying spectrum), and H's
+        # diagonal on the rest. K = Q^T H Q (C, k, k) and diag(H) (C, d+1) change with the active sets.
+        K = torch.eye(Q.shape[1], device=dev) + two_c * torch.einsum("nk,nc,nl->ckl", XQ, A, XQ)
+        L = torch.linalg.cholesky(K)
+        diag = 1.0 + two_c * (A.T @ X2)
 
-        def hess(V: torch.Tensor) -> torch.Tensor:
-            return V + two_c * (A.T * (V @ Xt32)) @ X32
+        def precond(R: torch.Tensor) -> torch.Tensor:
+            Rq = R @ Q
+            inside = torch.cholesky_solve(Rq[:, :, None], L)[:, :, 0] @ Q.T
+            rest = (R - Rq @ Q.T) / diag
+            return inside + rest - (rest @ Q) @ Q.T
 
-        S = _pcg(hess, -G.to(f32), _rank_one_inverse(diag, u), tol_rel=0.1, todo=todo).to(f64)
-        Zs = X @ S.T
+        def hess(V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            XV = X @ V.T
+            return V + two_c * ((A * XV).T @ X), XV
+
+        S, Zs = _pcg(hess, -G.to(f32), precond, tol_rel=0.1, todo=todo)
+        S, Zs = S.to(f64), Zs.to(f64)
         gs = (G * S).sum(1)
         ww, ws, ss = (W * W).sum(1), (W * S).sum(1), (S * S).sum(1)
         t = todo.to(f64)
-        # Armijo backtracking, per class; the objective along S is cheap given Zs
+        # Armijo backtracking, per class; the objective along S is cheap given Zs = X S^T
         for _halving in range(40):
-            rt = torch.clamp(1.0 - Y * (Z + t * Zs), min=0.0) * (Y != 0)
+            rt = torch.clamp(1.0 - Y * (Z + t * Zs), min=0.0) * keep
             ft = 0.5 * (ww + 2 * t * ws + t * t * ss) + cost * (rt * rt).sum(0)
             ok = ft <= f + 1e-4 * t * gs
             if ok.all():
@@ -169,31 +200,52 @@ def _train_torch(x: np.ndarray, y: np.ndarray, cost: float, device: str, tol: fl
         t = torch.where(ok, t, torch.zeros_like(t))
         W = W + t[:, None] * S
         Z = Z + t * Zs
-        f, G, r = state(W, Z)
+        f, r = objective(W, Z)
     Wn = W.cpu().numpy()
     return LinearModel(W=Wn[:, :d].copy(), b=Wn[:, d].copy())
 
 
-def _rank_one_inverse(diag, u):
-    """R -> M^-1 R row-wise for M_c = Diag(diag_c) + u_c u_c^T (Sherman-Morrison). diag, u: (C, d)."""
-    du = u / diag
-    den = 1.0 + (u * du).sum(1, keepdim=True)
+def _top_subspace(X, k: int, power: int = 1):
+    """Q (d, k') orthonormal, spanning about the top eigenvectors of X^T X, and XQ = X Q (n, k'); X (n, d) float32.
 
-    def apply(R):
-        return R / diag - du * ((du * R).sum(1, keepdim=True) / den)
+    The randomized range finder with `power` subspace iterations (Halko, Martinsson, Tropp 2011), seeded: 2 (power
+    + 1) products of X with k columns, cheap next to the solve. k' <= k: directions X does not span are dropped.
+    """
+    import torch
 
-    return apply
+    g = torch.Generator().manual_seed(0)
+    Q = torch.randn(X.shape[1], k, generator=g).to(X.device)
+    for _ in range(power + 1):
+        Q = _orthonormal((X.T @ (X @ Q)).double()).to(X.dtype)
+    return Q, X @ Q
+
+
+def _orthonormal(V):
+    """Orthonormal columns spanning V (m, k) float64, those below 1e-5 of its largest singular value dropped.
+
+    By the eigendecomposition of V^T V, twice (the second pass fixes the first one's rounding): LAPACK's threaded
+    QR took 170 ms on 2 busy CPU cores for a 4097 x 64 V, this takes 6 ms.
+    """
+    import torch
+
+    for _ in range(2):
+        lam, U = torch.linalg.eigh(V.T @ V)
+        ok = lam > 1e-10 * lam[-1]
+        V = V @ (U[:, ok] / lam[ok].sqrt())
+    return V
 
 
 def _pcg(hess, B, precond, tol_rel: float, todo, max_iter: int = 500):
     """Preconditioned conjugate gradients for H_c s_c = B_c, every row c at once.
 
-    hess: V (C, d) -> H V row-wise; B (C, d); precond: R -> M^-1 R row-wise; a row stops when its residual
-    norm is below tol_rel times ||B_c|| (the truncated Newton forcing term), or is not in `todo`.
+    hess: V (C, d) -> (H V row-wise, X V^T (n, C)); B (C, d); precond: R -> M^-1 R row-wise; a row stops when its
+    residual norm is below tol_rel times ||B_c|| (the truncated Newton forcing term), or is not in `todo`.
+    Returns S (C, d) and X S^T (n, C), accumulated from the products hess already made (the line search needs it).
     """
     import torch
 
     S = torch.zeros_like(B)
+    XS = torch.zeros((), dtype=B.dtype, device=B.device)  # broadcasts to (n, C) at the first product
     R = B.clone()
     Zr = precond(R)
     P = Zr.clone()
@@ -204,17 +256,18 @@ def _pcg(hess, B, precond, tol_rel: float, todo, max_iter: int = 500):
         live &= R.norm(dim=1) > stop
         if not live.any():
             break
-        HP = hess(P)
+        HP, XP = hess(P)
         php = (P * HP).sum(1)
         alpha = torch.where(live, rz / torch.where(php > 0, php, torch.ones_like(php)), torch.zeros_like(rz))
         S = S + alpha[:, None] * P
+        XS = XS + alpha * XP
         R = R - alpha[:, None] * HP
         Zr = precond(R)
         rz_new = (R * Zr).sum(1)
         beta = torch.where(live, rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))
         P = torch.where(live[:, None], Zr + beta[:, None] * P, P)
         rz = torch.where(live, rz_new, rz)
-    return S
+    return S, XS
 
 
 def decision(model: LinearModel, x: np.ndarray) -> np.ndarray:
