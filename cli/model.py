@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from ..eval.datasets import DATASETS
-from ..eval.model_table import PAPER_SETTINGS, make_model, markdown, model_table
+from ..eval.model_table import PAPER_SETTINGS, make_model, markdown, model_table, write_loss_curve
 from ..retrieval.backbones import list_backbones
 from ..retrieval.compress import CODEBOOKS, CompressionConfig
 from ..retrieval.errors import ConfigError
@@ -93,7 +94,8 @@ def compress_cmd(out, source, backbone, weights, pooling, clusters, prune, weigh
                       train_on=train_on, root=root, train_config=tc, checkpoint=checkpoint, device=device, seed=seed)
     if made.training is not None:
         curve = " ".join(f"{v:.4f}" for v in made.training.epoch_loss)
-        click.echo(f"triplet loss by epoch: {curve}")
+        png = write_loss_curve(made.training, Path(out).with_suffix(".loss.png"))
+        click.echo(f"triplet loss by epoch: {curve} (curve: {png})")
         click.echo(f"mAP on {train_on}: {made.map_before:.2f} before, {made.map_after:.2f} after fine-tuning")
     f = made.file
     click.echo(f"{f.path}: {f.config.describe()}, {f.prune.percent:.2f}% of {f.prune.n} weights pruned, "
@@ -154,7 +156,8 @@ def table_cmd(out, source, backbone, weights, pooling, clusters, eval_on, eval_r
     made = make_model(outp / "models" / "source.retrm", config, CompressionConfig(), source=source,
                       train_on=train_on, root=root, train_config=tc, checkpoint=checkpoint, device=device, seed=seed)
     if made.training is not None:
-        click.echo(f"triplet loss by epoch: {' '.join(f'{v:.4f}' for v in made.training.epoch_loss)}")
+        png = write_loss_curve(made.training, outp / "loss.png")
+        click.echo(f"triplet loss by epoch: {' '.join(f'{v:.4f}' for v in made.training.epoch_loss)} (curve: {png})")
         click.echo(f"mAP on {train_on} (no whitening): {made.map_before:.2f} before, {made.map_after:.2f} after "
                    "fine-tuning")
     names = list(eval_on) or ([train_on] if train_on else [])

@@ -260,3 +260,24 @@ def write_model_table(table: ModelTable, out: str | os.PathLike) -> dict[str, Pa
     plt.close(fig)
     files["png"] = png
     return files
+
+
+def write_loss_curve(training: TrainResult, png: str | os.PathLike) -> Path:
+    """The fine-tuning loss curve as a PNG: the triplet loss of every step, and the mean of each epoch."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.subplots()
+    steps = np.arange(1, len(training.step_loss) + 1)
+    ax.plot(steps, training.step_loss, lw=0.8, alpha=0.5, label="step")
+    per_epoch = len(training.step_loss) / max(1, len(training.epoch_loss))
+    ax.plot(per_epoch * np.arange(1, len(training.epoch_loss) + 1), training.epoch_loss, "o-", label="epoch mean")
+    ax.set_xlabel("step")
+    ax.set_ylabel("triplet loss")
+    ax.set_title("fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png = Path(png)
+    fig.savefig(png, dpi=110)
+    return png
