@@ -141,8 +141,6 @@ def info_cmd(path, as_json):
 def table_cmd(out, source, backbone, weights, pooling, clusters, eval_on, eval_roots, settings, codebook,
               whiten_dims, train_on, root, epochs, lr, l1, margin, image_size, checkpoint, device, seed):
     """The paper's table: % pruned, drop in mAP and MB for the base model and each bits:threshold setting."""
-    from pathlib import Path
-
     from ..eval.datasets import load_dataset
 
     try:
