@@ -10,8 +10,9 @@ The bias is LIBLINEAR's: a constant feature 1 appended to every x, its weight re
 - "sklearn": LinearSVC (which is LIBLINEAR), one class at a time. The reference.
 - "torch": all classes at once by a truncated Newton method, as LIBLINEAR's primal solver: conjugate
   gradients on Hessian-vector products, then an Armijo line search, until the gradient norm falls below `tol`
-  times its norm at w = 0. The products with X are float32 (weights, decision values and objectives float64);
-  the preconditioner is exact on the top-64 eigenvectors of X^T X (a seeded randomized range finder, shared by
+  times its norm at w = 0. The products with X are float32, bfloat16 in the Hessian-vector products where that
+  is native (CUDA, AVX512-BF16 CPUs): they only steer; weights, decision values and objectives are float64.
+  The preconditioner is exact on the top-64 eigenvectors of X^T X (a seeded randomized range finder, shared by
   the classes) and diagonal elsewhere, so each Newton step takes a few conjugate gradient steps. Its objective
   ends at or below LinearSVC's; tests/test_svm.py checks the optimum by hand and the mAP against the
   reference (within 0.1 point). It is the default ("auto"). `warm_start` starts it from a neighbouring
@@ -82,9 +83,10 @@ def train_ovr(
     solver: "torch" (batched Newton), "sklearn" (LinearSVC, CPU) or "auto" (DEFAULT_SOLVER); device: the
     torch solver's device, "auto" = CUDA when available, else CPU; tol: the torch solver's relative
     gradient-norm tolerance; warm_start: a model with the same C and d (e.g. the previous point of a stress
-    grid) the torch solver starts from, class by class where it has a lower objective than w = 0: the optimum
-    is the same, reached in fewer steps when the problems are close. "sklearn" ignores it (LinearSVC always
-    starts from 0). Raises DatasetError when a class lacks positives or negatives.
+    grid) the torch solver starts from if it is near this problem's optimum (every class's gradient there
+    below a tenth of its gradient at 0), else it starts from 0: the optimum is the same, reached in fewer steps
+    when the problems are close. "sklearn" ignores it (LinearSVC always starts from 0). Raises DatasetError
+    when a class lacks positives or negatives.
     """
     if solver not in SOLVERS:
         raise ConfigError(f"unknown SVM solver {solver!r}; use one of {', '.join(SOLVERS)}")
@@ -131,10 +133,12 @@ def _train_torch(
     n, d = x.shape
     n_cls = y.shape[1]
     # The matrix products with X are nearly all the time: X is float32 (half the memory traffic of float64, about
-    # 3x faster on CPU). Weights, decision values, objectives and gradient norms are float64 (they are small).
+    # 3x faster on CPU), and the Hessian-vector products, which only steer, use a bfloat16 copy where that is native
+    # (half again). Weights, decision values, objectives and gradient norms are float64 (they are small).
     X = torch.ones((n, d + 1), dtype=f32, device=dev)  # the bias as a constant feature 1 (LIBLINEAR's)
     X[:, :d] = torch.as_tensor(np.asarray(x), device=dev)
-    X2 = X * X
+    low = _steering_dtype(dev)
+    Xs = X.to(low)
     Y = torch.as_tensor(y.astype(np.float64), device=dev)  # (n, C), 0 = left out
     keep = (Y != 0).to(f64)
     two_c = 2.0 * cost
@@ -150,14 +154,18 @@ def _train_torch(
     if start is not None:
         W1 = torch.as_tensor(np.hstack([start.W, start.b[:, None]]), dtype=f64, device=dev)
         Z1 = (X @ W1.to(f32).T).to(f64)
-        # a class keeps the warm start only if it beats w = 0, whose objective is C * (its training examples)
-        better = objective(W1, Z1)[0] < cost * keep.sum(0)
-        W, Z = torch.where(better[:, None], W1, W), torch.where(better, Z1, Z)
-        g0 = two_c * (Y.to(f32).T @ X).to(f64).norm(dim=1)
+        P = torch.cat([Y, Y * objective(W1, Z1)[1]], 1).to(f32).T @ X  # the gradients at 0 and at W1
+        g0 = two_c * P[:n_cls].to(f64).norm(dim=1)
+        # Taken only if every class starts nearer its optimum than the first Newton step from 0 gets (about a
+        # tenth of the gradient at 0): the classes are solved together, and one far class (q2 at h = 2 from the
+        # identity) takes more steps from the warm start than from 0.
+        if ((W1 - two_c * P[n_cls:].to(f64)).norm(dim=1) < 0.1 * g0).all():
+            W, Z = W1, Z1
     Q, XQ = _top_subspace(X, min(_RANK, d + 1))
 
     f, r = objective(W, Z)
     stalled = torch.zeros(n_cls, dtype=torch.bool, device=dev)  # no decrease found along the step: float's limit
+    diag = None
     for _ in range(200):
         G = W - two_c * ((Y * r).to(f32).T @ X).to(f64)
         gn = G.norm(dim=1)
@@ -168,10 +176,12 @@ def _train_torch(
         A = (r > 0).to(f32)  # (n, C) active examples: the generalised Hessian is H = I + 2C X_A^T X_A
         # Preconditioner: H exactly on the span of Q (the top eigenvectors of X^T X, where CNN features put
         # most of their energy: nonnegative features share a large mean, then a decaying spectrum), and H's
-        # diagonal on the rest. K = Q^T H Q (C, k, k) and diag(H) (C, d+1) change with the active sets.
+        # diagonal on the rest. K = Q^T H Q (C, k, k) follows the active sets; the diagonal is the first step's
+        # (recomputing it, one more product with X per step, saved no conjugate gradient steps).
         K = torch.eye(Q.shape[1], device=dev) + two_c * torch.einsum("nk,nc,nl->ckl", XQ, A, XQ)
         L = torch.linalg.cholesky(K)
-        diag = 1.0 + two_c * (A.T @ X2)
+        if diag is None:
+            diag = 1.0 + two_c * (A.T @ (X * X))
 
         def precond(R: torch.Tensor) -> torch.Tensor:
             Rq = R @ Q
@@ -179,12 +189,13 @@ def _train_torch(
             rest = (R - Rq @ Q.T) / diag
             return inside + rest - (rest @ Q) @ Q.T
 
-        def hess(V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            XV = X @ V.T
-            return V + two_c * ((A * XV).T @ X), XV
+        def hess(V: torch.Tensor) -> torch.Tensor:
+            XV = (Xs @ V.to(low).T).to(f32)
+            return V + two_c * ((A * XV).to(low).T @ Xs).to(f32)
 
-        S, Zs = _pcg(hess, -G.to(f32), precond, tol_rel=0.1, todo=todo)
-        S, Zs = S.to(f64), Zs.to(f64)
+        S = _pcg(hess, -G.to(f32), precond, tol_rel=0.1, todo=todo)
+        Zs = (X @ S.T).to(f64)
+        S = S.to(f64)
         gs = (G * S).sum(1)
         ww, ws, ss = (W * W).sum(1), (W * S).sum(1), (S * S).sum(1)
         t = todo.to(f64)
@@ -238,14 +249,12 @@ def _orthonormal(V):
 def _pcg(hess, B, precond, tol_rel: float, todo, max_iter: int = 500):
     """Preconditioned conjugate gradients for H_c s_c = B_c, every row c at once.
 
-    hess: V (C, d) -> (H V row-wise, X V^T (n, C)); B (C, d); precond: R -> M^-1 R row-wise; a row stops when its
-    residual norm is below tol_rel times ||B_c|| (the truncated Newton forcing term), or is not in `todo`.
-    Returns S (C, d) and X S^T (n, C), accumulated from the products hess already made (the line search needs it).
+    hess: V (C, d) -> H V row-wise; B (C, d); precond: R -> M^-1 R row-wise; a row stops when its residual
+    norm is below tol_rel times ||B_c|| (the truncated Newton forcing term), or is not in `todo`.
     """
     import torch
 
     S = torch.zeros_like(B)
-    XS = torch.zeros((), dtype=B.dtype, device=B.device)  # broadcasts to (n, C) at the first product
     R = B.clone()
     Zr = precond(R)
     P = Zr.clone()
@@ -256,18 +265,27 @@ def _pcg(hess, B, precond, tol_rel: float, todo, max_iter: int = 500):
         live &= R.norm(dim=1) > stop
         if not live.any():
             break
-        HP, XP = hess(P)
+        HP = hess(P)
         php = (P * HP).sum(1)
         alpha = torch.where(live, rz / torch.where(php > 0, php, torch.ones_like(php)), torch.zeros_like(rz))
         S = S + alpha[:, None] * P
-        XS = XS + alpha * XP
         R = R - alpha[:, None] * HP
         Zr = precond(R)
         rz_new = (R * Zr).sum(1)
         beta = torch.where(live, rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))
         P = torch.where(live[:, None], Zr + beta[:, None] * P, P)
         rz = torch.where(live, rz_new, rz)
-    return S, XS
+    return S
+
+
+def _steering_dtype(dev):
+    """bfloat16 where its matrix products are native (CUDA; CPUs with AVX512-BF16 or AMX), else float32."""
+    import torch
+
+    if dev.type == "cuda":
+        return torch.bfloat16
+    caps = torch.cpu.get_capabilities() if dev.type == "cpu" else {}
+    return torch.bfloat16 if caps.get("avx512_bf16") or caps.get("amx_bf16") else torch.float32
 
 
 def decision(model: LinearModel, x: np.ndarray) -> np.ndarray:
