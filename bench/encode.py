@@ -431,7 +431,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--image-size", type=size_wh, default=(500, 375), help="WxH pixels of the photos")
     ap.add_argument("--workers", type=int, default=2, help="decode threads of the CPU index run (retr's default)")
     ap.add_argument("--threads", type=int, default=cores, help="torch intra-op threads (torch.set_num_threads)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; medians are reported")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved repetitions; the quietest round and the medians are reported")
     ap.add_argument("--gpu-batch-size", type=int, default=256)
     ap.add_argument("--gpu-n-images", type=int, default=8192)
     ap.add_argument("--gpu-workers", type=int, default=cores, help="Pillow decode threads of the CUDA index run")
