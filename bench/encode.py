@@ -12,6 +12,9 @@ Modes, every one measured in the same process on the same photos, in images per 
 - ``forward`` (the baseline): the backbone alone (`Encoder.model`, no pooling) on one pre-made normalised
   ``(batch, 3, s, s) float32`` tensor, repeated until as many images as the photos went through it (after one
   warm-up batch), under `torch.inference_mode` (s: the backbone's input side, 224 px for efficientnet_lite0).
+  It is the network as the engine runs it: BatchNorms folded into the convolutions, channels_last.
+- ``forward, unfolded`` (for reference, not a baseline; off with `--no-unfolded`): the same backbone as loaded,
+  BatchNorms kept, contiguous (NCHW) tensors: what the engine's folding and memory format gain.
 - ``index, fresh db``: `retr.retrieval.engine.index_folder` on the folder into a new database, progress off:
   walk, read + hash + decode + preprocess in `--workers` threads, forward, descriptors staged in LMDB, codec
   fitted, codes written, Faiss index built. Rate = photos / the call's total wall time (model loading included).
@@ -33,10 +36,10 @@ per mode the median over rounds, and best over best.
 
 OpenMP (torch's CPU threads, libgomp on Linux): the run uses the environment it is given (OMP_WAIT_POLICY and
 GOMP_SPINCOUNT are recorded). By default libgomp's threads spin a while between parallel regions, but only a short
-while once the process has more OpenMP threads than cores, which the engine's decoding workers cause: each runs
-torch ops (`Encoder.preprocess`) and so starts an OpenMP team of its own. On an idle machine the long spin is the
-faster one; with other processes busy it is much slower (the threads spin on cores the others hold), so on a loaded
-machine the bare forward can come out slower than the same forward inside the pipeline: read ``others`` first.
+while once the process has more OpenMP threads than cores. The engine's decoding workers run torch ops
+(`Encoder.preprocess`) on one thread each (`Encoder.decoding_workers`), so they start no OpenMP team of their own
+and the forward pass keeps the bare forward's spin policy. With other processes busy, spinning is much slower (the
+threads spin on cores the others hold): read ``others`` first, or run with OMP_WAIT_POLICY=PASSIVE.
 
 With CUDA (`torch.cuda.is_available()`; skip with `--no-gpu`) the run adds, in bf16 with channels_last:
 ``forward`` on the GPU, ``GPU JPEG decode`` (`torchvision.io.decode_jpeg` on lists of `--gpu-batch-size`
@@ -143,13 +146,14 @@ def rate(n: int, t: tuple[float, float, float | None]) -> dict:
     return {"img_s": n / t[0], "cpu_s_per_img": t[1] / n, "wall_s": t[0], "images": n, "others_cpu_share": t[2]}
 
 
-def forward_rate(enc: Encoder, batch: int, n: int, bf16: bool = False) -> dict:
+def forward_rate(enc: Encoder, batch: int, n: int, bf16: bool = False, channels_last: bool = True) -> dict:
     """Bare forward of ``enc.model`` on one pre-made ``(batch, 3, s, s)`` tensor, repeated over ceil(n / batch)
-    batches after one warm-up batch; on CUDA in bf16 autocast with channels_last, synchronised."""
+    batches after one warm-up batch; channels_last as the engine's `Encoder.encode_batch` (unless told otherwise),
+    on CUDA in bf16 autocast, synchronised."""
     s = enc.spec.input_size
     cuda = enc.device.type == "cuda"
     x = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0)).to(enc.device)
-    if cuda:
+    if channels_last:
         x = x.to(memory_format=torch.channels_last)
     reps = -(-n // batch)
 
@@ -164,14 +168,16 @@ def forward_rate(enc: Encoder, batch: int, n: int, bf16: bool = False) -> dict:
     return rate(reps * batch, timed(lambda: run(reps), sync))
 
 
-def decode_rate(enc: Encoder, paths: list[Path], workers: int) -> dict:
+def decode_rate(enc: Encoder, paths: list[Path], workers: int, batch: int) -> dict:
     """The engine's reader alone: read + blake2b + Pillow decode (draft) + ``enc.preprocess`` on ``workers``
-    threads, results consumed in order and dropped."""
+    threads, results consumed in order and dropped; the engine's draft size, prefetch and worker setup."""
     draft = (enc.spec.resize_size * 2,) * 2 if enc.config.max_size is None else None  # as engine._encode_into
 
     def run() -> None:
-        for _ in iter_decoded(paths, workers=workers, transform=enc.preprocess, draft_size=draft, stamp=True):
-            pass
+        with enc.decoding_workers() as init:
+            for _ in iter_decoded(paths, workers=workers, transform=enc.preprocess, draft_size=draft, stamp=True,
+                                  ahead=batch + batch // 2 + workers, worker_init=init):
+                pass
 
     return rate(len(paths), timed(run))
 
@@ -259,6 +265,7 @@ def machine(threads: int) -> dict:
 
 def run_cpu(args: argparse.Namespace, enc_cfg: EncoderConfig, paths: list[Path], folder: Path, tmp: Path) -> dict:
     enc = Encoder(enc_cfg, device="cpu")
+    print(f"  {enc.folded} BatchNorms folded into their convolutions", flush=True)
     n, b, w = len(paths), args.batch_size, args.workers
     common = dict(encoder=enc_cfg, device="cpu", batch_size=b, workers=w)
     # warm-up, not measured: the first index_folder call pays one-time imports and allocator growth; its database
@@ -269,11 +276,16 @@ def run_cpu(args: argparse.Namespace, enc_cfg: EncoderConfig, paths: list[Path],
         "index, fresh db": lambda r: index_rate(folder, tmp / f"fresh{r}.retr", n, **common),
         "index, codec given": lambda r: index_rate(folder, tmp / f"given{r}.retr", n, codec_from=tmp / "warm.retr",
                                                    **common),
-        "decode + preprocess": lambda r: decode_rate(enc, paths, w),
+        "decode + preprocess": lambda r: decode_rate(enc, paths, w, b),
     }
-    part = {"device": "cpu", "batch_size": b, "workers": w, "images": n,
-            "rounds": [interleaved(modes, r) for r in range(args.rounds)]}
-    return part | summarise(part["rounds"], {"index, fresh db": "forward", "index, codec given": "forward"})
+    if not args.no_unfolded:
+        plain = Encoder(enc_cfg, device="cpu", fold=False)
+        plain.model = plain.model.to(memory_format=torch.contiguous_format)
+        modes["forward, unfolded"] = lambda r: forward_rate(plain, b, n, channels_last=False)
+    part = {"device": "cpu", "batch_size": b, "workers": w, "images": n, "batchnorms_folded": enc.folded,
+            "channels_last": True, "rounds": [interleaved(modes, r) for r in range(args.rounds)]}
+    baselines = {"index, fresh db": "forward", "index, codec given": "forward", "forward, unfolded": "forward"}
+    return part | summarise(part["rounds"], {k: v for k, v in baselines.items() if k in modes})
 
 
 def run_gpu(args: argparse.Namespace, enc_cfg: EncoderConfig, paths: list[Path], folder: Path, tmp: Path) -> dict:
@@ -437,6 +449,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--gpu-n-images", type=int, default=8192)
     ap.add_argument("--gpu-workers", type=int, default=cores, help="Pillow decode threads of the CUDA index run")
     ap.add_argument("--no-gpu", action="store_true", help="CPU modes only, even with CUDA")
+    ap.add_argument("--no-unfolded", action="store_true",
+                    help="skip the reference forward with BatchNorms kept and NCHW tensors")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="folder for the photos and databases (default: the system's)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results")

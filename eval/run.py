@@ -74,15 +74,17 @@ def compute_features(encoder: Encoder, paths: list[Path], bboxes: list | None = 
         bar.close()
         return out
     idx, batch = [], []
-    for i, p, t in iter_decoded(paths, workers=workers, transform=encoder.preprocess):
-        if isinstance(t, Skipped):
-            raise DatasetError(f"{p}: {t.reason}; a benchmark image must decode (re-extract the dataset)")
-        idx.append(i)
-        batch.append(t)
-        if len(batch) == batch_size:
-            out[idx] = encoder.encode_batch(batch)
-            bar.update(len(batch))
-            idx, batch = [], []
+    with encoder.decoding_workers() as worker_init:
+        for i, p, t in iter_decoded(paths, workers=workers, transform=encoder.preprocess,
+                                    ahead=batch_size + batch_size // 2 + workers, worker_init=worker_init):
+            if isinstance(t, Skipped):
+                raise DatasetError(f"{p}: {t.reason}; a benchmark image must decode (re-extract the dataset)")
+            idx.append(i)
+            batch.append(t)
+            if len(batch) == batch_size:
+                out[idx] = encoder.encode_batch(batch)
+                bar.update(len(batch))
+                idx, batch = [], []
     if batch:
         out[idx] = encoder.encode_batch(batch)
         bar.update(len(batch))

@@ -8,8 +8,11 @@ map it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -17,6 +20,7 @@ import torch
 
 from .backbones import DEFAULT_BACKBONE, get_spec, load_backbone, preprocess
 from .errors import ConfigError
+from .fusion import fold_batchnorm
 from .pooling import LEARNT_POOLINGS, POOLINGS, Pooling, l2n, multiscale
 
 ENCODER_VERSION = 1
@@ -143,9 +147,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 class Encoder:
     """A loaded network on one device. ``encoder(images)`` maps a list of ``(H, W, 3) uint8`` arrays to
-    ``(n, d) float32`` L2-normalised descriptors."""
+    ``(n, d) float32`` L2-normalised descriptors.
 
-    def __init__(self, config: EncoderConfig, device: str = "auto", seed: int = 0):
+    For inference the BatchNorms are folded into their convolutions (``fold=True``, see ``fusion.py``) and the
+    network runs channels_last on every device: on the CPU that is ~2.5x the forward speed of EfficientNet-Lite0,
+    for descriptors equal to ~1e-6. ``folded`` says how many BatchNorms were folded.
+    """
+
+    def __init__(self, config: EncoderConfig, device: str = "auto", seed: int = 0, fold: bool = True):
         self.config = config
         self.device = resolve_device(device)
         self.spec = get_spec(config.backbone)
@@ -161,8 +170,12 @@ class Encoder:
         self.model.eval().to(self.device)
         if self.pool is not None:
             self.pool.eval().to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.folded = 0
+        if fold:
+            side = self.config.max_size or self.spec.input_size
+            sample = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(self.device)
+            self.folded = fold_batchnorm(self.model, sample)
+        self.model = self.model.to(memory_format=torch.channels_last)
 
     @property
     def dim(self) -> int:
@@ -171,6 +184,23 @@ class Encoder:
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """``(H, W, 3) uint8`` -> ``(3, h, w) float32`` normalised, on the CPU. Pure; safe in worker threads."""
         return preprocess(self.spec, image, max_size=self.config.max_size)
+
+    @contextmanager
+    def decoding_workers(self) -> Iterator[Callable[[], None]]:
+        """For threads that run ``preprocess`` beside the forward pass: yields the function each of them runs
+        first (``images.iter_decoded(worker_init=...)``), which puts that thread's torch ops on one thread.
+
+        Why: every thread that runs torch ops starts an OpenMP team of its own; with more OpenMP threads than cores
+        libgomp stops spinning between parallel regions, and the forward pass on the calling thread behaves unlike
+        the bare forward (slower on an idle machine; on a loaded one the other way round). ATen's
+        ``set_num_threads`` sets the calling thread's count and also the default that threads started later
+        inherit: that default is put back on exit.
+        """
+        n = torch.get_num_threads()  # also fixes this thread's own count (ATen sets it lazily, per thread)
+        try:
+            yield functools.partial(torch.set_num_threads, 1)
+        finally:
+            torch.set_num_threads(n)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x)
@@ -196,7 +226,8 @@ class Encoder:
         for idx in groups.values():
             x = torch.stack([batch[i] for i in idx])
             if cuda:
-                x = x.pin_memory().to(self.device, non_blocking=True).to(memory_format=torch.channels_last)
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            x = x.to(memory_format=torch.channels_last)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
                 if self.config.scales == (1.0,):
                     y = l2n(self._forward(x))

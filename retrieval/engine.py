@@ -274,21 +274,24 @@ def _encode_into(store: Store, enc: Encoder, params: CodecParams | None, todo, b
         bar.update(len(batch))
         batch.clear()
 
-    items = iter_decoded([t[0] for t in todo], workers=workers, timeout_s=timeout_s, transform=enc.preprocess,
-                         draft_size=draft, stamp=True)
-    try:
-        for i, _, result in items:
-            if isinstance(result, Skipped):
-                skipped[todo[i][1]] = result.reason
-                bar.update(1)
-                continue
-            batch.append((todo[i], *result))
-            if len(batch) == batch_size:
-                flush()
-        flush()
-    finally:
-        items.close()  # a failed write: stop the decoding threads now
-        bar.close()  # and end the progress line before the error is printed
+    # More than a batch in flight, so that the workers decode the next batch while this one is encoded.
+    with enc.decoding_workers() as worker_init:
+        items = iter_decoded([t[0] for t in todo], workers=workers, timeout_s=timeout_s, transform=enc.preprocess,
+                             draft_size=draft, stamp=True, ahead=batch_size + batch_size // 2 + workers,
+                             worker_init=worker_init)
+        try:
+            for i, _, result in items:
+                if isinstance(result, Skipped):
+                    skipped[todo[i][1]] = result.reason
+                    bar.update(1)
+                    continue
+                batch.append((todo[i], *result))
+                if len(batch) == batch_size:
+                    flush()
+            flush()
+        finally:
+            items.close()  # a failed write: stop the decoding threads now
+            bar.close()  # and end the progress line before the error is printed
     timings.update(encode=time.perf_counter() - t0, forward=t_fwd, store=t_store)
     # a changed file that no longer decodes must not keep its old code
     stale = [t[3] for t in todo if t[3] is not None and t[1] in skipped]

@@ -359,13 +359,17 @@ def iter_decoded(
     draft_size: tuple[int, int] | None = None,
     max_pixels: int | None = None,
     stamp: bool = False,
+    ahead: int | None = None,
+    worker_init: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, Path, Any]]:
     """Decode `paths` on `workers` threads; yield (index, path, transform(image) or Skipped) in input order.
 
     With `stamp`, a decoded file comes as (transform(image), FileStamp of the bytes decoded).
 
     Pillow releases the GIL while decoding, so threads decode in parallel; `transform` (e.g. resize and
-    normalize) runs on the worker too. At most 4 * workers files are in flight. A bad file becomes Skipped
+    normalize) runs on the worker too. At most `ahead` files (default 4 * workers) are in flight: a consumer
+    that takes batches should pass more than a batch, or the workers idle while it works on one and it then
+    waits for most of the next. `worker_init` runs first in every worker thread. A bad file becomes Skipped
     (key relative to `root`); an exception from `transform` is a bug and is raised here. A file still decoding
     `timeout_s` after a worker took it is abandoned as Skipped('decode timed out after N s'): a thread cannot
     be stopped, so it is left to finish on its own and a fresh worker takes its place. Workers are daemon
@@ -376,10 +380,13 @@ def iter_decoded(
         raise ConfigError(f"workers must be 1 or more, got {workers}")
     if timeout_s is not None and timeout_s <= 0:
         raise ConfigError(f"the decode timeout must be positive, got {timeout_s} s")
+    ahead = 4 * workers if ahead is None else ahead
+    if ahead < 1:
+        raise ConfigError(f"ahead must be 1 or more files, got {ahead}")
     paths = [Path(os.fsdecode(p)) for p in paths]
     decode = partial(_decode_one, root=root, transform=transform, max_pixels=max_pixels,
                      draft_size=draft_size, stamp=stamp)
-    return _iter_decoded(paths, root, workers, timeout_s, decode)
+    return _iter_decoded(paths, root, workers, timeout_s, decode, ahead, worker_init)
 
 
 def _iter_decoded(
@@ -388,12 +395,16 @@ def _iter_decoded(
     workers: int,
     timeout_s: float | None,
     decode: Callable[[Path], Any],
+    ahead: int,
+    worker_init: Callable[[], None] | None,
 ) -> Iterator[tuple[int, Path, Any]]:
     jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
     lock = threading.Lock()
     stop = threading.Event()
 
     def work() -> None:
+        if worker_init is not None:
+            worker_init()
         while (job := jobs.get()) is not None and not stop.is_set():
             job.started = time.monotonic()
             try:
@@ -434,7 +445,7 @@ def _iter_decoded(
     n_submitted = 0
     try:
         while pending or n_submitted < len(paths):
-            while n_submitted < len(paths) and len(pending) < 4 * workers:
+            while n_submitted < len(paths) and len(pending) < ahead:
                 job = _Job(partial(decode, paths[n_submitted]))
                 jobs.put(job)
                 pending.append((n_submitted, job))

@@ -386,6 +386,18 @@ def test_iter_decoded_bounds_prefetch_and_stops_when_closed(monkeypatch):
     assert 1 <= len(calls) <= 8  # 4 x workers in flight at most
 
 
+def test_iter_decoded_ahead_sets_the_prefetch_and_worker_init_runs_first_in_each_worker(monkeypatch):
+    calls, inits = [], []
+    monkeypatch.setattr(images, "read_image", lambda path, **kw: calls.append(path) or threading.get_ident())
+    it = iter_decoded([str(i) for i in range(100)], workers=3, ahead=20,
+                      worker_init=lambda: inits.append(threading.get_ident()))
+    first = next(it)[2]
+    time.sleep(0.2)
+    assert len(calls) == 20  # the files in flight, not 4 x workers = 12
+    assert len(inits) == len(set(inits)) == 3 and first in inits  # each worker ran it once, before decoding
+    it.close()
+
+
 def test_iter_decoded_raises_transform_bugs_and_bad_options(tmp_path):
     path = rgb(tmp_path, "a.png")
 
@@ -398,6 +410,8 @@ def test_iter_decoded_raises_transform_bugs_and_bad_options(tmp_path):
         list(iter_decoded([path], workers=0))
     with pytest.raises(ConfigError):
         list(iter_decoded([path], timeout_s=0))
+    with pytest.raises(ConfigError):
+        list(iter_decoded([path], ahead=0))
 
 
 def test_safe_read_returns_the_image_or_a_skip(tmp_path):
