@@ -313,12 +313,22 @@ def evaluate_classification(
     mean AP over classes (difficult test examples ignored); "accuracy": single-label sets, the argmax of
     the scores against the class labelled 1 in each test row.
     """
+    _check_metric(metric, yte)
+    return classification_metric(decision(train_ovr(xtr, ytr, C=C, solver=solver, device=device), xte), yte, metric)
+
+
+def _check_metric(metric: str, yte: np.ndarray) -> None:
     if metric not in ("map", "accuracy"):
         raise ConfigError(f"unknown classification metric {metric!r}; use map or accuracy")
-    yte = np.asarray(yte)
-    if metric == "accuracy" and not ((yte == 1).sum(1) == 1).all():
+    if metric == "accuracy" and not ((np.asarray(yte) == 1).sum(1) == 1).all():
         raise DatasetError("accuracy needs exactly one positive label per test example; use metric map")
-    scores = decision(train_ovr(xtr, ytr, C=C, solver=solver, device=device), xte)
+
+
+def classification_metric(scores: np.ndarray, yte: np.ndarray, metric: str = "map") -> float:
+    """scores (m, C) decision values, yte (m, C) labels in {1, -1, 0} -> the metric as a fraction in [0, 1]:
+    "map" the VOC 2007 11-point mean AP over classes, "accuracy" the argmax against the class labelled 1."""
+    _check_metric(metric, yte)
+    yte = np.asarray(yte)
     if metric == "map":
         return voc_map(scores, yte, method="11point")[0]
     return accuracy(scores.argmax(1), yte.argmax(1))
