@@ -54,12 +54,10 @@ load average), versions, threads, OpenMP wait policy, every rate with its baseli
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -74,6 +72,7 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 
+from bench import common
 from retr.eval.edits import sample_photos
 from retr.retrieval import engine
 from retr.retrieval.encoder import Encoder, EncoderConfig
@@ -116,27 +115,15 @@ def link_subset(paths: list[Path], folder: Path) -> None:
 
 
 # -- timing ---------------------------------------------------------------------------------------------------------
-def machine_cpu_s() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat (None where there is none).
-    Busy counts user, nice, system, irq, softirq and steal (time the hypervisor gave to other machines)."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    hz = os.sysconf("SC_CLK_TCK")
-    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
-    return busy / hz, (busy + v[3] + v[4]) / hz
-
 
 def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> tuple[float, float, float | None]:
     """Run ``fn`` once: (wall seconds, this process's CPU seconds over all its threads, share of the machine's CPU
     time that went to anything else meanwhile: other processes, or the hypervisor's other guests)."""
     sync()
-    m0, w0, c0 = machine_cpu_s(), time.perf_counter(), time.process_time()
+    m0, w0, c0 = common.machine_cpu_s(), time.perf_counter(), time.process_time()
     fn()
     sync()
-    m1, wall, cpu = machine_cpu_s(), time.perf_counter() - w0, time.process_time() - c0
+    m1, wall, cpu = common.machine_cpu_s(), time.perf_counter() - w0, time.process_time() - c0
     others = None if m0 is None or m1 is None else max(0.0, (m1[0] - m0[0]) - cpu) / max(m1[1] - m0[1], 1e-9)
     return wall, cpu, others
 
@@ -238,21 +225,11 @@ def gpu_decode_rate(enc: Encoder, blobs: list[torch.Tensor], batch: int) -> dict
 
 
 # -- the run --------------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def machine(threads: int) -> dict:
     cuda = torch.cuda.is_available()
     return {
-        "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "torch_threads": threads,
+        "cpu": common.cpu_model(), "cores": len(os.sched_getaffinity(0)), "torch_threads": threads,
         "torch_interop_threads": torch.get_num_interop_threads(),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -389,7 +366,7 @@ def run(args: argparse.Namespace) -> dict:
     gpu = torch.cuda.is_available() and not args.no_gpu
     n_all = max(args.n_images, args.gpu_n_images if gpu else 0)
     w, h = args.image_size
-    res = {"command": " ".join(["python -m bench.encode"] + (sys.argv[1:] if args.argv is None else args.argv)),
+    res = {"command": common.command("encode", args.argv),
            "machine": machine(args.threads), "encoder": enc_cfg.to_dict(),
            "photos": {"size_wh": [w, h], "jpeg_quality": 90, "seed": args.seed,
                       "kind": "seeded random crops of scikit-image's colour photos, resized bicubically"},
@@ -454,13 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="folder for the photos and databases (default: the system's)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
-    args = ap.parse_args(argv)
-    args.argv = argv
-    result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
-    return result
+    return common.main(ap, run, argv)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ compares it with IndexFlatIP on float32.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bench import common
 from retr import indexes
 from retr.indexes import fastscan
 from retr.retrieval import codec
@@ -211,7 +210,7 @@ def run(args: argparse.Namespace) -> dict:
         r.batch_x = r.batch_qps / base.batch_qps
         rows.append(r)
     result = {
-        "command": " ".join(["python -m bench.search"] + (sys.argv[1:] if args.argv is None else args.argv)),
+        "command": common.command("search", args.argv),
         "data": {"n": n, "d": d, "clusters": args.clusters, "seed": args.seed,
                  "kind": "synthetic Gaussian mixture, per-dimension std (1+j)^-0.5, rows L2-normalised"},
         "codec": cfg.to_dict() | {"code_size": params.code_size},
@@ -260,13 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip", type=lambda s: s.split(","), default=[], help="baselines to leave out: sq,pq,hnsw,ivf")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("bench/results/search.json"), help="results as JSON")
-    args = ap.parse_args(argv)
-    args.argv = argv
-    result = run(args)
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
-    return result
+    return common.main(ap, run, argv)
 
 
 if __name__ == "__main__":

@@ -105,9 +105,15 @@ def erase_bits(x: np.ndarray, k: int, width: int = 64) -> np.ndarray:
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows of x (m, d) divided by their L2 norm, computed in float64; returns float32. Zero rows stay 0."""
-    x = np.asarray(x, dtype=np.float64)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    x = np.asarray(x)
+    out = np.empty(x.shape, np.float32)
+    step = max(1, (1 << 21) // (8 * max(x.shape[1], 1)))  # rows per block of ~2 MB of float64: stays in cache
+    for i in range(0, len(x), step):
+        b = x[i : i + step].astype(np.float64)
+        norm = np.linalg.norm(b, axis=1, keepdims=True)
+        b /= np.where(norm > 0, norm, 1.0)
+        out[i : i + step] = b
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -336,13 +342,16 @@ def _read_cached(path: Path, fingerprint: str) -> Point | None:
 def _quantize(
     y_tr: np.ndarray, y_te: np.ndarray, cfg: codec.CodecConfig, y_fit: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """decode(encode(.)) of both splits with a codec fitted on y_fit (default y_tr); and its code size in bytes."""
+    """decode(encode(.)) of both splits with a codec fitted on y_fit (default y_tr); and its code size in bytes.
+
+    The codes are not packed into bytes and unpacked again: packing is lossless (tests/test_codec.py), so the
+    level values of the quantized indices are decode(encode(.)) exactly (tests/test_stress.py)."""
     params = codec.fit(y_tr if y_fit is None else y_fit, cfg)
-    return (
-        codec.decode(params, codec.encode(params, y_tr)),
-        codec.decode(params, codec.encode(params, y_te)),
-        float(params.code_size),
-    )
+
+    def reconstruct(y: np.ndarray) -> np.ndarray:
+        return codec.dequantize(params, codec.quantize(params, codec.reduce(params, y)))
+
+    return reconstruct(y_tr), reconstruct(y_te), float(params.code_size)
 
 
 def _product_quantize(

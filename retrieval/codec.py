@@ -308,12 +308,12 @@ def _fit_range(y: np.ndarray, config: CodecConfig) -> tuple[np.ndarray, np.ndarr
     """Quantizer range (lo, hi) (p,) float32 of the reduced training data y (m, p)."""
     kind, arg = parse_range(config.range)
     axis = None if config.quantizer == "q1" else 0
-    y = y.astype(np.float64)
     if kind == "minmax":
-        lo, hi = y.min(axis=axis), y.max(axis=axis)
+        lo, hi = y.min(axis=axis), y.max(axis=axis)  # exact in any precision: no float64 copy
     elif kind == "quantile":
-        lo, hi = np.quantile(y, [arg, 1.0 - arg], axis=axis)
+        lo, hi = np.quantile(y.astype(np.float64), [arg, 1.0 - arg], axis=axis)
     else:
+        y = y.astype(np.float64)
         mu, sd = y.mean(axis=axis), y.std(axis=axis)
         lo, hi = mu - arg * sd, mu + arg * sd
     p = y.shape[1]
@@ -380,10 +380,28 @@ def quantize(params: CodecParams, y: np.ndarray) -> np.ndarray:
     """
     lo, st = _steps(params)
     y = _rows(y, params.dims, "y")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.floor((y.astype(np.float64) - lo) / st)
-    t = np.where(st > 0, t, 0.0)
-    return np.clip(t, 0, params.config.levels - 1).astype(_index_dtype(params.config.levels))
+    flat = st <= 0
+    top = params.config.levels - 1
+    out = np.empty(y.shape, _index_dtype(params.config.levels))
+    for r in _row_chunks(y.shape):
+        # float64, in place, a cache-sized block of rows at a time: the same operations as
+        # clip(floor((y - lo) / st), 0, h - 1), ~3x faster on grid-sized arrays than whole-array temporaries
+        t = y[r].astype(np.float64)
+        t -= lo
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t /= st
+        np.floor(t, out=t)
+        t[:, flat] = 0.0
+        np.clip(t, 0, top, out=t)
+        out[r] = t
+    return out
+
+
+def _row_chunks(shape: tuple[int, int], block_bytes: int = 1 << 21) -> list[slice]:
+    """Row slices covering an (m, p) array in blocks of about `block_bytes` of float64."""
+    m, p = shape
+    step = max(1, block_bytes // (8 * max(p, 1)))
+    return [slice(i, min(i + step, m)) for i in range(0, m, step)]
 
 
 def _level_values(lo: np.ndarray, st: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -400,7 +418,14 @@ def dequantize(params: CodecParams, idx: np.ndarray) -> np.ndarray:
     """Level indices (m, p) -> their values (m, p) float32 (bit-identical to the `levels` table entries)."""
     lo, st = _steps(params)
     idx = _rows(idx, params.dims, "idx")
-    return _level_values(lo, st, idx.astype(np.float64))
+    out = np.empty(idx.shape, _F32)
+    for r in _row_chunks(idx.shape):
+        t = idx[r].astype(np.float64)  # lo + st * (i + 0.5) in place, as _level_values computes it
+        t += 0.5
+        t *= st
+        t += lo
+        out[r] = t
+    return out
 
 
 def encode_reduced(params: CodecParams, y: np.ndarray) -> np.ndarray:
