@@ -317,7 +317,8 @@ def _fingerprint(xtr: np.ndarray, xte: np.ndarray, tag: str, xfit: np.ndarray | 
 
 
 def _digest(a: np.ndarray, b: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=20)
+    # SHA-256: ~1.7 GB/s here (hardware SHA instructions), blake2b ~0.6; every grid point hashes ~160 MB
+    h = hashlib.sha256()
     for x in (a, b):
         h.update(f"{x.dtype.str}{x.shape}".encode())
         h.update(np.ascontiguousarray(x).data)
@@ -349,7 +350,9 @@ def _quantize(
     params = codec.fit(y_tr if y_fit is None else y_fit, cfg)
 
     def reconstruct(y: np.ndarray) -> np.ndarray:
-        return codec.dequantize(params, codec.quantize(params, codec.reduce(params, y)))
+        if cfg.reduction != "none":  # (the grid's codecs quantize already reduced features: no copy to make)
+            y = codec.reduce(params, y)
+        return codec.dequantize(params, codec.quantize(params, y))
 
     return reconstruct(y_tr), reconstruct(y_te), float(params.code_size)
 
