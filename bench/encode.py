@@ -42,10 +42,12 @@ and the forward pass keeps the bare forward's spin policy. With other processes 
 threads spin on cores the others hold): read ``others`` first, or run with OMP_WAIT_POLICY=PASSIVE.
 
 With CUDA (`torch.cuda.is_available()`; skip with `--no-gpu`) the run adds, in bf16 with channels_last:
-``forward`` on the GPU, ``GPU JPEG decode`` (`torchvision.io.decode_jpeg` on lists of `--gpu-batch-size`
-files with device="cuda", then resize, centre crop and normalise on the GPU, from bytes already in memory) and
-``index, fresh db`` with device="cuda" (Pillow decoding on `--gpu-workers` CPU threads), on `--gpu-n-images`
-photos. The GPU ratio compares the end-to-end rate with the slower of the GPU forward and the GPU decode.
+``forward`` on the GPU, ``GPU JPEG decode`` (`Encoder.preprocess_jpegs`: `torchvision.io.decode_jpeg` on lists
+of `--gpu-batch-size` files with device="cuda", then resize, centre crop and normalise on the GPU, from bytes
+already in memory) and ``index, fresh db`` with device="cuda" (the engine's default there: `--gpu-workers` CPU
+threads read and check the files, JPEGs are decoded in batches on the GPU by the same `preprocess_jpegs`), on
+`--gpu-n-images` photos. The GPU ratio compares the end-to-end rate with the slower of the GPU forward and the GPU
+decode.
 
 Results: a table on stdout and `--out` (default bench/results/encode.json) with the machine (CPU model, cores,
 load average), versions, threads, OpenMP wait policy, every rate with its baseline from the same round.
@@ -69,7 +71,6 @@ import PIL
 import PIL.features
 import torch
 import torchvision
-import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 
 from bench import common
@@ -183,42 +184,18 @@ def index_rate(folder: Path, db: Path, n: int, **kw) -> dict:
 
 
 # -- GPU decoding ---------------------------------------------------------------------------------------------------
-def read_blobs(paths: list[Path]) -> list[torch.Tensor]:
-    """The bytes of each file as a 1-D uint8 tensor (what `torchvision.io.decode_jpeg` takes)."""
-    return [torchvision.io.read_file(str(p)) for p in paths]
+def read_blobs(paths: list[Path]) -> list[bytes]:
+    """The bytes of each file."""
+    return [p.read_bytes() for p in paths]
 
 
-def gpu_preprocess(blobs: list[torch.Tensor], enc: Encoder, device: torch.device) -> torch.Tensor:
-    """Decode a list of JPEG byte tensors on ``device`` (one batched `decode_jpeg` call) and apply the
-    backbone's transform there (shorter side to resize_size, antialiased, centre crop, (x/255 - mean)/std).
-    Returns ``(n, 3, s, s) float32`` on ``device``. Images of one size are resized as one batch. Same decoded
-    pixels as Pillow; the float resize differs from `backbones.preprocess`'s uint8 one by at most one grey level
-    but in a few pixels in 100,000 (at most 4 levels; measured on the CPU)."""
-    spec = enc.spec
-    s = spec.input_size
-    imgs = torchvision.io.decode_jpeg(blobs, mode=torchvision.io.ImageReadMode.RGB, device=device)
-    out = torch.empty(len(imgs), 3, s, s, device=device)
-    groups: dict[tuple, list[int]] = {}
-    for i, im in enumerate(imgs):
-        groups.setdefault(tuple(im.shape), []).append(i)
-    mode = TF.InterpolationMode(spec.interpolation)
-    for idx in groups.values():
-        x = torch.stack([imgs[i] for i in idx]).float()
-        x = TF.resize(x, [spec.resize_size], interpolation=mode, antialias=True)
-        # round and clip as the CPU path's uint8 resize does (bicubic overshoots)
-        out[idx] = TF.center_crop(x, [s, s]).round_().clamp_(0, 255)
-    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1) * 255
-    return (out - mean) / std
+def gpu_decode_rate(enc: Encoder, blobs: list[bytes], batch: int) -> dict:
+    """`Encoder.preprocess_jpegs` (batched `decode_jpeg` on the GPU, then resize, centre crop and normalise there)
+    over ``blobs`` in lists of ``batch`` files, after one warm-up list; synchronised."""
 
-
-def gpu_decode_rate(enc: Encoder, blobs: list[torch.Tensor], batch: int) -> dict:
-    """`gpu_preprocess` over ``blobs`` in lists of ``batch`` files, after one warm-up list; synchronised."""
-    dev = enc.device
-
-    def run(bs: list[torch.Tensor]) -> None:
+    def run(bs: list[bytes]) -> None:
         for i in range(0, len(bs), batch):
-            gpu_preprocess(bs[i : i + batch], enc, dev)
+            enc.preprocess_jpegs(bs[i : i + batch])
 
     run(blobs[:batch])
     return rate(len(blobs), timed(lambda: run(blobs), torch.cuda.synchronize))

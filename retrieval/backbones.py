@@ -200,6 +200,40 @@ def preprocess(spec: BackboneSpec, image: np.ndarray, max_size: int | None = Non
     return TF.normalize(x, list(spec.mean), list(spec.std))
 
 
+def preprocess_decoded(
+    spec: BackboneSpec, images: list[torch.Tensor], max_size: int | None = None
+) -> list[torch.Tensor]:
+    """`preprocess` for images already decoded into (3, H, W) uint8 tensors on a device (torchvision's
+    `decode_jpeg(..., device="cuda")`), batched by size, on that device.
+
+    Resizing with antialiasing on CUDA needs float: the resize runs in float32 (as torchvision's own uint8 resize
+    does on CUDA), rounded and clipped to 0..255, then scaled and normalised. `preprocess`'s CPU uint8 resize works
+    in fixed point, rounding after each pass: ~15% of the values differ by one grey level, a few in 10,000 by more
+    (bicubic overshoot, up to 7 levels; tests/test_jpeg_on_device.py). Returns (3, h, w) float32 tensors on the
+    images' device, in order.
+    """
+    mode = TF.InterpolationMode(spec.interpolation)
+    out: list[torch.Tensor | None] = [None] * len(images)
+    groups: dict[tuple, list[int]] = {}
+    for i, im in enumerate(images):
+        if im.dtype != torch.uint8 or im.ndim != 3 or im.shape[0] != 3:
+            raise ValueError(f"expected (3, H, W) uint8 tensors, got {tuple(im.shape)} {im.dtype}")
+        groups.setdefault(tuple(im.shape), []).append(i)
+    for (_, h, w), idx in groups.items():
+        x = torch.stack([images[i] for i in idx]).float()
+        if max_size is None:
+            x = TF.resize(x, [spec.resize_size], interpolation=mode, antialias=True)
+            x = TF.center_crop(x, [spec.input_size, spec.input_size])
+        else:
+            s = max_size / max(h, w)
+            x = TF.resize(x, [max(1, round(h * s)), max(1, round(w * s))], interpolation=mode, antialias=True)
+        x = x.round_().clamp_(0, 255).div_(255)
+        x = TF.normalize(x, list(spec.mean), list(spec.std))
+        for j, i in enumerate(idx):
+            out[i] = x[j]
+    return out
+
+
 # --- torchvision architectures ------------------------------------------------------------------------------
 
 

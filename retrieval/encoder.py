@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+import torchvision
 
-from .backbones import DEFAULT_BACKBONE, get_spec, load_backbone, preprocess
+from .backbones import DEFAULT_BACKBONE, get_spec, load_backbone, preprocess, preprocess_decoded
 from .errors import ConfigError
 from .fusion import fold_batchnorm
 from .pooling import LEARNT_POOLINGS, POOLINGS, Pooling, l2n, multiscale
@@ -185,6 +186,14 @@ class Encoder:
         """``(H, W, 3) uint8`` -> ``(3, h, w) float32`` normalised, on the CPU. Pure; safe in worker threads."""
         return preprocess(self.spec, image, max_size=self.config.max_size)
 
+    def preprocess_jpegs(self, blobs: list[bytes]) -> list[torch.Tensor]:
+        """JPEG files' bytes -> ``(3, h, w) float32`` normalised tensors on this encoder's device: one batched
+        ``torchvision.io.decode_jpeg`` there (nvJPEG on CUDA, libjpeg on the CPU), then `preprocess_decoded`.
+        Raises RuntimeError if any file does not decode (the caller retries them one by one)."""
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]  # bytearray: writable memory
+        images = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB, device=self.device)
+        return preprocess_decoded(self.spec, images, self.config.max_size)
+
     @contextmanager
     def decoding_workers(self) -> Iterator[Callable[[], None]]:
         """For threads that run ``preprocess`` beside the forward pass: yields the function each of them runs
@@ -209,7 +218,8 @@ class Encoder:
 
     @torch.inference_mode()
     def encode_batch(self, batch: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
-        """Preprocessed ``(3, h, w)`` tensors -> ``(n, d) float32`` L2-normalised descriptors.
+        """Preprocessed ``(3, h, w)`` tensors (on the CPU or this encoder's device) -> ``(n, d) float32``
+        L2-normalised descriptors.
 
         Tensors of one size are stacked into one forward pass; with ``max_size`` sizes differ and each size group
         runs on its own. On CUDA the forward runs in bfloat16 (channels_last); descriptors come back float32.
@@ -224,9 +234,13 @@ class Encoder:
             groups.setdefault(tuple(t.shape), []).append(i)
         cuda = self.device.type == "cuda"
         for idx in groups.values():
-            x = torch.stack([batch[i] for i in idx])
-            if cuda:
-                x = x.pin_memory().to(self.device, non_blocking=True)
+            parts = [batch[i] for i in idx]
+            if all(t.device == self.device for t in parts):  # e.g. from preprocess_jpegs
+                x = torch.stack(parts)
+            elif cuda and all(t.device.type == "cpu" for t in parts):
+                x = torch.stack(parts).pin_memory().to(self.device, non_blocking=True)
+            else:
+                x = torch.stack([t.to(self.device) for t in parts])
             x = x.to(memory_format=torch.channels_last)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
                 if self.config.scales == (1.0,):

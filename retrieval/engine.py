@@ -32,8 +32,18 @@ from .. import indexes
 from . import codec as codec_mod
 from .codec import CodecConfig, CodecParams
 from .encoder import Encoder, EncoderConfig
-from .errors import ConfigError, DatabaseError
-from .images import Skipped, iter_decoded, os_reason, read_image, relative_key, walk_images
+from .errors import ConfigError, DatabaseError, ImageError
+from .images import (
+    JpegBytes,
+    Skipped,
+    decode_image_bytes,
+    iter_decoded,
+    os_reason,
+    printable,
+    read_image,
+    relative_key,
+    walk_images,
+)
 from .store import FileRecord, Store
 
 INDEX_FILE = "index.faiss"
@@ -123,12 +133,15 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
                  codec: CodecConfig | None = None, index: indexes.IndexConfig | None = None, *,
                  train_size: int = 20000, keep_features: bool = False, prune: bool = False, refit: bool = False,
                  codec_from: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 32,
-                 workers: int = 2, timeout_s: float = 30.0, seed: int = 0, progress: bool = True) -> IndexReport:
+                 workers: int = 2, timeout_s: float = 30.0, seed: int = 0, progress: bool = True,
+                 jpeg_on_device: bool | None = None) -> IndexReport:
     """Index every image under ``folder`` into the database ``db`` (created if missing).
 
     ``encoder``/``codec`` None means: what the database already uses, else the defaults (EfficientNet-Lite0 conv+GeM;
     PCA 256 + Q-2 with 4 levels = 64 bytes per image). Given ones that contradict the database raise ConfigError.
     Only new or changed files are encoded; files gone from the folder are removed with ``prune``.
+    ``jpeg_on_device``: decode JPEGs in batches on the model's device (default: on CUDA) rather than with Pillow in
+    the ``workers`` threads.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -182,7 +195,7 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
         if todo:
             enc = Encoder(enc_cfg, device=device, seed=seed)
             skipped.update(_encode_into(store, enc, params, todo, batch_size, workers, timeout_s, keep_features,
-                                        progress, timings))
+                                        progress, timings, jpeg_on_device))
         # skipped files are never stored, so every run retries them: this run's list replaces the old one
         old_skipped = store.skipped()
         if skipped != old_skipped:
@@ -247,18 +260,55 @@ def _resolve_codec(store: Store, asked: CodecConfig | None, codec_from, enc: Enc
     return stored
 
 
+def _decode_jpegs(enc: Encoder, batch: list, skipped: dict[str, str]) -> None:
+    """Replace the `JpegBytes` in ``batch`` (entries ``(todo entry, image, stamp)``) by tensors decoded on the
+    encoder's device, in one call; if it fails, file by file through Pillow, and a file Pillow cannot decode either
+    leaves the batch for ``skipped`` with Pillow's reason."""
+    at = [k for k, b in enumerate(batch) if isinstance(b[1], JpegBytes)]
+    if not at:
+        return
+    try:
+        decoded: list = enc.preprocess_jpegs([batch[k][1].data for k in at])
+    except RuntimeError:  # a corrupt scan in one file fails the whole call; Pillow finds which and says why
+        decoded = []
+        for k in at:
+            try:
+                decoded.append(enc.preprocess(decode_image_bytes(batch[k][1].data, batch[k][0][1])))
+            except ImageError as e:
+                decoded.append(Skipped(batch[k][0][1], str(e).removeprefix(f"{printable(batch[k][0][1])}: ")))
+    for k, x in zip(at, decoded):
+        batch[k] = (batch[k][0], x, batch[k][2])
+    for b in batch:
+        if isinstance(b[1], Skipped):
+            skipped[b[0][1]] = b[1].reason
+    batch[:] = [b for b in batch if not isinstance(b[1], Skipped)]
+
+
 def _encode_into(store: Store, enc: Encoder, params: CodecParams | None, todo, batch_size: int, workers: int,
-                 timeout_s: float, keep_features: bool, progress: bool, timings: dict) -> dict[str, str]:
-    """Decode, encode and store ``todo`` in batches; returns ``{relative path: reason}`` of files skipped."""
+                 timeout_s: float, keep_features: bool, progress: bool, timings: dict,
+                 jpeg_on_device: bool | None = None) -> dict[str, str]:
+    """Decode, encode and store ``todo`` in batches; returns ``{relative path: reason}`` of files skipped.
+
+    jpeg_on_device (None: when the encoder runs on CUDA): the decoding workers only read and check JPEG files,
+    which are decoded in batches on the encoder's device (`Encoder.preprocess_jpegs`): on a GPU, Pillow on the CPU
+    cores is otherwise the bottleneck (bench/README.md). Other formats are decoded by Pillow as always.
+    """
     skipped: dict[str, str] = {}
     draft = (enc.spec.resize_size * 2, enc.spec.resize_size * 2) if enc.config.max_size is None else None
+    if jpeg_on_device is None:
+        jpeg_on_device = enc.device.type == "cuda"
     bar = tqdm(total=len(todo), desc="encoding", unit="img", disable=not progress)
     batch: list = []
-    t_fwd = t_store = 0.0
+    t_fwd = t_store = t_jpeg = 0.0
     t0 = time.perf_counter()
 
     def flush():
-        nonlocal t_fwd, t_store
+        nonlocal t_fwd, t_store, t_jpeg
+        t = time.perf_counter()
+        n = len(batch)
+        _decode_jpegs(enc, batch, skipped)
+        t_jpeg += time.perf_counter() - t
+        bar.update(n - len(batch))
         if not batch:
             return
         t = time.perf_counter()
@@ -278,7 +328,7 @@ def _encode_into(store: Store, enc: Encoder, params: CodecParams | None, todo, b
     with enc.decoding_workers() as worker_init:
         items = iter_decoded([t[0] for t in todo], workers=workers, timeout_s=timeout_s, transform=enc.preprocess,
                              draft_size=draft, stamp=True, ahead=batch_size + batch_size // 2 + workers,
-                             worker_init=worker_init)
+                             worker_init=worker_init, defer_jpeg=jpeg_on_device)
         try:
             for i, _, result in items:
                 if isinstance(result, Skipped):
@@ -293,6 +343,8 @@ def _encode_into(store: Store, enc: Encoder, params: CodecParams | None, todo, b
             items.close()  # a failed write: stop the decoding threads now
             bar.close()  # and end the progress line before the error is printed
     timings.update(encode=time.perf_counter() - t0, forward=t_fwd, store=t_store)
+    if jpeg_on_device:
+        timings["device_decode"] = t_jpeg
     # a changed file that no longer decodes must not keep its old code
     stale = [t[3] for t in todo if t[3] is not None and t[1] in skipped]
     if stale:

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -51,6 +51,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
                   Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode as half grey
+_EXIF_ORIENTATION = 0x0112
 _WARNINGS_LOCK = threading.Lock()
 
 
@@ -70,6 +71,17 @@ class FileStamp:
     size: int
     mtime_ns: int
     blake2b: str
+
+
+@dataclass(frozen=True, eq=False)
+class JpegBytes:
+    """A JPEG file left undecoded for a batched decoder on the model's device (`Encoder.preprocess_jpegs`): its
+    bytes and (width, height) in pixels. Its header passed every check a decoded image passes (size, aspect,
+    decompression bomb); it is RGB or greyscale and needs no EXIF rotation. Its scan data is not checked yet: a
+    batched decoder that fails falls back to `decode_image_bytes`, which reports the file as any other."""
+
+    data: bytes
+    size: tuple[int, int]
 
 
 class _Rejected(Exception):
@@ -242,14 +254,21 @@ def _bomb_warnings_as_errors() -> Iterator[None]:
         _WARNINGS_LOCK.release()
 
 
-def _decode(fp: BinaryIO, max_pixels: int | None, draft_size: tuple[int, int] | None) -> np.ndarray:
+def _decode(
+    data: bytes, max_pixels: int | None, draft_size: tuple[int, int] | None, defer_jpeg: bool = False
+) -> np.ndarray | JpegBytes:
     limit = Image.MAX_IMAGE_PIXELS
     if max_pixels is not None:
         limit = max_pixels if limit is None else min(max_pixels, limit)
     with _bomb_warnings_as_errors():
-        img = Image.open(fp, formats=_FORMATS)
+        img = Image.open(io.BytesIO(data), formats=_FORMATS)
     with img:
         _check_size(*img.size, limit)
+        # Only plain JPEGs are deferred: MPO's first frame, CMYK and EXIF rotations stay with Pillow, whose
+        # handling of them the rest of retr is tested against.
+        if (defer_jpeg and img.format == "JPEG" and img.mode in ("RGB", "L")
+                and img.getexif().get(_EXIF_ORIENTATION, 1) == 1):
+            return JpegBytes(data, img.size)
         if draft_size is not None:
             img.draft("RGB", draft_size)  # JPEG only (no-op elsewhere): decode at 1/2, 1/4 or 1/8 scale
         img.load()  # first frame of an animation; fails here on truncated data
@@ -279,11 +298,13 @@ def read_image_stamped(
     path: str | bytes | os.PathLike,
     max_pixels: int | None = None,
     draft_size: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, FileStamp]:
-    """`read_image`, plus the `FileStamp` of the bytes decoded (the file is read once: no race with a writer)."""
+    defer_jpeg: bool = False,
+) -> tuple[np.ndarray | JpegBytes, FileStamp]:
+    """`read_image`, plus the `FileStamp` of the bytes decoded (the file is read once: no race with a writer).
+    With `defer_jpeg`, a plain JPEG comes back as `JpegBytes` once its header is checked, not decoded."""
     try:
         data, st = _read_file(path)
-        x = _decode(io.BytesIO(data), max_pixels, draft_size)
+        x = _decode(data, max_pixels, draft_size, defer_jpeg)
     except (_Rejected, *_DECODE_ERRORS) as e:
         raise ImageError(f"{printable(path)}: {_reason(e)}") from e
     return x, FileStamp(len(data), st.st_mtime_ns, hashlib.blake2b(data, digest_size=16).hexdigest())
@@ -313,7 +334,7 @@ def decode_image_bytes(
     try:
         if not data:
             raise _Rejected("empty file")
-        return _decode(io.BytesIO(data), max_pixels, draft_size)
+        return _decode(data, max_pixels, draft_size)
     except (_Rejected, *_DECODE_ERRORS) as e:
         raise ImageError(f"{printable(name)}: {_reason(e)}") from e
 
@@ -338,15 +359,16 @@ def _decode_one(
     max_pixels: int | None,
     draft_size: tuple[int, int] | None,
     stamp: bool,
+    defer_jpeg: bool,
 ) -> Any:
     try:
-        if stamp:
-            x, st = read_image_stamped(path, max_pixels=max_pixels, draft_size=draft_size)
+        if stamp or defer_jpeg:
+            x, st = read_image_stamped(path, max_pixels=max_pixels, draft_size=draft_size, defer_jpeg=defer_jpeg)
         else:
             x = read_image(path, max_pixels=max_pixels, draft_size=draft_size)
     except ImageError as e:
         return Skipped(relative_key(path, root), str(e).removeprefix(f"{printable(path)}: "))
-    x = x if transform is None else transform(x)
+    x = x if transform is None or isinstance(x, JpegBytes) else transform(x)
     return (x, st) if stamp else x
 
 
@@ -361,10 +383,12 @@ def iter_decoded(
     stamp: bool = False,
     ahead: int | None = None,
     worker_init: Callable[[], None] | None = None,
+    defer_jpeg: bool = False,
 ) -> Iterator[tuple[int, Path, Any]]:
     """Decode `paths` on `workers` threads; yield (index, path, transform(image) or Skipped) in input order.
 
-    With `stamp`, a decoded file comes as (transform(image), FileStamp of the bytes decoded).
+    With `stamp`, a decoded file comes as (transform(image), FileStamp of the bytes decoded). With `defer_jpeg`,
+    plain JPEGs come as `JpegBytes` (checked, not decoded, not transformed) for a batched decoder on a GPU.
 
     Pillow releases the GIL while decoding, so threads decode in parallel; `transform` (e.g. resize and
     normalize) runs on the worker too. At most `ahead` files (default 4 * workers) are in flight: a consumer
@@ -385,7 +409,7 @@ def iter_decoded(
         raise ConfigError(f"ahead must be 1 or more files, got {ahead}")
     paths = [Path(os.fsdecode(p)) for p in paths]
     decode = partial(_decode_one, root=root, transform=transform, max_pixels=max_pixels,
-                     draft_size=draft_size, stamp=stamp)
+                     draft_size=draft_size, stamp=stamp, defer_jpeg=defer_jpeg)
     return _iter_decoded(paths, root, workers, timeout_s, decode, ahead, worker_init)
 
 
