@@ -49,7 +49,7 @@ def test_queries_during_indexing_see_whole_batches_and_a_second_writer_is_refuse
 
     code = "import torch; torch.set_num_threads(1); from retr.cli import main; main(prog_name='retr')"
     writer = subprocess.Popen([sys.executable, "-c", code, "index", str(photos), "--db", str(db), *FAST],
-                              env={**os.environ, TXN_DELAY_ENV: "0.1"}, stdout=subprocess.PIPE,
+                              env={**os.environ, TXN_DELAY_ENV: "0.25"}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         while writer.poll() is None:  # wait for the writer's first batch
