@@ -103,12 +103,15 @@ _CODEC_OPTS = ["reduction", "dims", "keep", "whiten", "quantizer", "levels", "ra
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
+@click.option("--jpeg-decode", type=click.Choice(["auto", "device", "pillow"]), default="auto", show_default=True,
+              help="Where JPEGs are decoded: in batches on the model's device (auto: with CUDA) or by Pillow in the "
+                   "decoding threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def index_cmd(ctx, folder, db, backbone, weights, layer, pooling, scales, max_size, model_file, reduction, dims, keep,
               whiten,
               quantizer, levels, range_, packing, index_kind, train_size, keep_features, refit, codec_from, prune,
-              device, batch_size, workers, as_json):
+              device, batch_size, workers, jpeg_decode, as_json):
     """Index every image under FOLDER into the database --db.
 
     The first run fits the codec (PCA + quantizer) on the descriptors; later runs add only new or changed files and
@@ -125,7 +128,8 @@ def index_cmd(ctx, folder, db, backbone, weights, layer, pooling, scales, max_si
                             quantizer=quantizer, levels=levels, range=range_, packing=packing)
     rep = engine.index_folder(folder, db, enc, codec, IndexConfig(kind=index_kind), train_size=train_size,
                               keep_features=keep_features, prune=prune, refit=refit, codec_from=codec_from,
-                              device=device, batch_size=batch_size, workers=workers, progress=not as_json)
+                              device=device, batch_size=batch_size, workers=workers, progress=not as_json,
+                              jpeg_on_device={"auto": None, "device": True, "pillow": False}[jpeg_decode])
     if as_json:
         d = dict(rep.__dict__, db=str(rep.db))
         click.echo(json.dumps(d, indent=1))

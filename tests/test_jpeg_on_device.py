@@ -11,6 +11,7 @@ import torchvision
 from PIL import Image
 from skimage import data as skdata
 
+from retr.cli import main
 from retr.retrieval import engine
 from retr.retrieval.backbones import get_spec, preprocess, preprocess_decoded
 from retr.retrieval.codec import CodecConfig
@@ -96,3 +97,20 @@ def test_index_with_jpegs_on_device_matches_pillow(tmp_path):
     assert "device_decode" in device.timings and "device_decode" not in pillow.timings
     for k in want:
         assert float(got[k] @ want[k]) > 0.999  # unit vectors: cosine
+
+
+def test_cli_jpeg_decode_option(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    seen = []
+
+    def index_folder(*args, **kw):  # what the command asks of the library; stop there
+        seen.append(kw["jpeg_on_device"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(engine, "index_folder", index_folder)
+    for choice in ("auto", "device", "pillow"):
+        args = ["index", str(tmp_path), "--db", str(tmp_path / "x.retr"), "--jpeg-decode", choice]
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+    assert seen == [None, True, False]
