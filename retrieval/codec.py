@@ -341,9 +341,11 @@ def fit(x: np.ndarray, config: CodecConfig) -> CodecParams:
         parts["selected"] = np.sort(chosen).astype(np.int64)
     elif config.reduction in ("pca", "dr2"):
         parts["mean"], parts["components"], parts["explained_variance"] = _pca(x, p)
-    lo = hi = np.zeros(p, _F32)  # placeholders: the range is learned on reduce(params, x)
+    lo = hi = np.zeros(p, _F32)  # placeholders: a quantizer learns its range on reduce(params, x)
     scalars = dict(input_dim=n, dims=p, requested_dims=requested, capped=p < requested, n_train=m)
     params = CodecParams(config=config, lo=lo, hi=hi, **scalars, **parts)
+    if config.quantizer == "none":  # no range to learn: lo and hi stay 0 (a stress grid fits ~200 such codecs)
+        return params
     lo, hi = _fit_range(reduce(params, x), config)
     return dataclasses.replace(params, lo=lo, hi=hi)
 
