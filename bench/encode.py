@@ -77,7 +77,7 @@ from bench import common
 from retr.eval.edits import sample_photos
 from retr.retrieval import engine
 from retr.retrieval.encoder import Encoder, EncoderConfig
-from retr.retrieval.images import iter_decoded
+from retr.retrieval.images import batch_prefetch, iter_decoded
 
 RESULTS = Path(__file__).parent / "results" / "encode.json"
 
@@ -159,12 +159,11 @@ def forward_rate(enc: Encoder, batch: int, n: int, bf16: bool = False, channels_
 def decode_rate(enc: Encoder, paths: list[Path], workers: int, batch: int) -> dict:
     """The engine's reader alone: read + blake2b + Pillow decode (draft) + ``enc.preprocess`` on ``workers``
     threads, results consumed in order and dropped; the engine's draft size, prefetch and worker setup."""
-    draft = (enc.spec.resize_size * 2,) * 2 if enc.config.max_size is None else None  # as engine._encode_into
 
     def run() -> None:
         with enc.decoding_workers() as init:
-            for _ in iter_decoded(paths, workers=workers, transform=enc.preprocess, draft_size=draft, stamp=True,
-                                  ahead=batch + batch // 2 + workers, worker_init=init):
+            for _ in iter_decoded(paths, workers=workers, transform=enc.preprocess, draft_size=enc.draft_size,
+                                  stamp=True, ahead=batch_prefetch(batch, workers), worker_init=init):
                 pass
 
     return rate(len(paths), timed(run))

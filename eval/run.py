@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..retrieval.backbones import get_spec
 from ..retrieval.encoder import Encoder, EncoderConfig, resolve_device
 from ..retrieval.errors import ConfigError, DatasetError
-from ..retrieval.images import Skipped, iter_decoded, read_image
+from ..retrieval.images import Skipped, batch_prefetch, iter_decoded, read_image
 from ..retrieval.fileio import atomic_write
 from . import metrics, report, stress
 from .datasets import ClassificationDataset, RetrievalDataset, load_dataset
@@ -76,7 +76,7 @@ def compute_features(encoder: Encoder, paths: list[Path], bboxes: list | None = 
     idx, batch = [], []
     with encoder.decoding_workers() as worker_init:
         for i, p, t in iter_decoded(paths, workers=workers, transform=encoder.preprocess,
-                                    ahead=batch_size + batch_size // 2 + workers, worker_init=worker_init):
+                                    ahead=batch_prefetch(batch_size, workers), worker_init=worker_init):
             if isinstance(t, Skipped):
                 raise DatasetError(f"{p}: {t.reason}; a benchmark image must decode (re-extract the dataset)")
             idx.append(i)

@@ -188,16 +188,20 @@ def preprocess(spec: BackboneSpec, image: np.ndarray, max_size: int | None = Non
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     # np.require copies only a non-contiguous or read-only array (torch warns on read-only memory)
     x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
+    x = TF.to_dtype(_resize_crop(spec, x, max_size), torch.float32, scale=True)
+    return TF.normalize(x, list(spec.mean), list(spec.std))
+
+
+def _resize_crop(spec: BackboneSpec, x: torch.Tensor, max_size: int | None) -> torch.Tensor:
+    """The geometry of `preprocess` on (..., 3, H, W) tensors: the weights' resize + centre crop, or the longer
+    side resized to `max_size`."""
     mode = TF.InterpolationMode(spec.interpolation)
     if max_size is None:
         x = TF.resize(x, [spec.resize_size], interpolation=mode, antialias=True)
-        x = TF.center_crop(x, [spec.input_size, spec.input_size])
-    else:
-        h, w = image.shape[:2]
-        s = max_size / max(h, w)
-        x = TF.resize(x, [max(1, round(h * s)), max(1, round(w * s))], interpolation=mode, antialias=True)
-    x = TF.to_dtype(x, torch.float32, scale=True)
-    return TF.normalize(x, list(spec.mean), list(spec.std))
+        return TF.center_crop(x, [spec.input_size, spec.input_size])
+    h, w = x.shape[-2:]
+    s = max_size / max(h, w)
+    return TF.resize(x, [max(1, round(h * s)), max(1, round(w * s))], interpolation=mode, antialias=True)
 
 
 def preprocess_decoded(
@@ -212,21 +216,14 @@ def preprocess_decoded(
     (bicubic overshoot, up to 7 levels; tests/test_jpeg_on_device.py). Returns (3, h, w) float32 tensors on the
     images' device, in order.
     """
-    mode = TF.InterpolationMode(spec.interpolation)
     out: list[torch.Tensor | None] = [None] * len(images)
     groups: dict[tuple, list[int]] = {}
     for i, im in enumerate(images):
         if im.dtype != torch.uint8 or im.ndim != 3 or im.shape[0] != 3:
             raise ValueError(f"expected (3, H, W) uint8 tensors, got {tuple(im.shape)} {im.dtype}")
         groups.setdefault(tuple(im.shape), []).append(i)
-    for (_, h, w), idx in groups.items():
-        x = torch.stack([images[i] for i in idx]).float()
-        if max_size is None:
-            x = TF.resize(x, [spec.resize_size], interpolation=mode, antialias=True)
-            x = TF.center_crop(x, [spec.input_size, spec.input_size])
-        else:
-            s = max_size / max(h, w)
-            x = TF.resize(x, [max(1, round(h * s)), max(1, round(w * s))], interpolation=mode, antialias=True)
+    for idx in groups.values():
+        x = _resize_crop(spec, torch.stack([images[i] for i in idx]).float(), max_size)
         x = x.round_().clamp_(0, 255).div_(255)
         x = TF.normalize(x, list(spec.mean), list(spec.std))
         for j, i in enumerate(idx):

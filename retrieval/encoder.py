@@ -182,6 +182,14 @@ class Encoder:
     def dim(self) -> int:
         return self.config.dim
 
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """The JPEG draft size for `images.read_image`: decode large photos at a reduced scale that stays at least
+        twice the resize size (None with ``max_size``, whose resize depends on the full image)."""
+        if self.config.max_size is not None:
+            return None
+        return (self.spec.resize_size * 2, self.spec.resize_size * 2)
+
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """``(H, W, 3) uint8`` -> ``(3, h, w) float32`` normalised, on the CPU. Pure; safe in worker threads."""
         return preprocess(self.spec, image, max_size=self.config.max_size)

@@ -36,6 +36,7 @@ from .errors import ConfigError, DatabaseError, ImageError
 from .images import (
     JpegBytes,
     Skipped,
+    batch_prefetch,
     decode_image_bytes,
     iter_decoded,
     os_reason,
@@ -294,7 +295,6 @@ def _encode_into(store: Store, enc: Encoder, params: CodecParams | None, todo, b
     cores is otherwise the bottleneck (bench/README.md). Other formats are decoded by Pillow as always.
     """
     skipped: dict[str, str] = {}
-    draft = (enc.spec.resize_size * 2, enc.spec.resize_size * 2) if enc.config.max_size is None else None
     if jpeg_on_device is None:
         jpeg_on_device = enc.device.type == "cuda"
     bar = tqdm(total=len(todo), desc="encoding", unit="img", disable=not progress)
@@ -324,10 +324,9 @@ def _encode_into(store: Store, enc: Encoder, params: CodecParams | None, todo, b
         bar.update(len(batch))
         batch.clear()
 
-    # More than a batch in flight, so that the workers decode the next batch while this one is encoded.
     with enc.decoding_workers() as worker_init:
         items = iter_decoded([t[0] for t in todo], workers=workers, timeout_s=timeout_s, transform=enc.preprocess,
-                             draft_size=draft, stamp=True, ahead=batch_size + batch_size // 2 + workers,
+                             draft_size=enc.draft_size, stamp=True, ahead=batch_prefetch(batch_size, workers),
                              worker_init=worker_init, defer_jpeg=jpeg_on_device)
         try:
             for i, _, result in items:

@@ -372,6 +372,12 @@ def _decode_one(
     return (x, st) if stamp else x
 
 
+def batch_prefetch(batch_size: int, workers: int) -> int:
+    """Files to keep in flight (`iter_decoded(ahead=...)`) for a consumer that takes ``batch_size`` at a time: more
+    than a batch, so that the workers decode the next batch while this one is encoded."""
+    return batch_size + batch_size // 2 + workers
+
+
 def iter_decoded(
     paths: Iterable[str | os.PathLike],
     root: str | os.PathLike | None = None,
