@@ -6,6 +6,7 @@ bytes, blake2b}``, then Faiss's own serialisation (``bytes`` long, ``blake2b`` i
 to a temporary file and moved into place with ``os.replace``. An index whose header is unreadable, of another version,
 of another fingerprint or configuration, whose body does not match its length and digest (zeroed bytes in the id map
 still deserialise) or does not deserialise is stale: ``load_index`` returns None and the caller rebuilds it.
+``read_header`` needs no Faiss: Faiss is imported by the functions that save or load an index.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-
-import faiss
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .config import FASTSCAN_KINDS, IndexConfig, IndexConfigError
-from .fastscan import FastScanIndex
+
+if TYPE_CHECKING:
+    import faiss
+
+    from .fastscan import FastScanIndex
 
 INDEX_FORMAT_VERSION = 1
 _MAGIC = b"RETRIDX1"
@@ -44,6 +47,10 @@ def save_index(index: faiss.Index | FastScanIndex, path: str | os.PathLike, conf
                fingerprint: str) -> None:
     """Write ``index`` with its ``config`` and the ``fingerprint`` of the data it was built from, atomically.
     A `FastScanIndex` is stored as its Faiss index, with its query dimension p as ``d``."""
+    import faiss  # here, not at import: read_header and the package import stay free of Faiss
+
+    from .fastscan import FastScanIndex
+
     d = int(index.d)  # a FastScanIndex's p, not its padded Faiss dimension
     if isinstance(index, FastScanIndex):
         index = index.index
@@ -76,6 +83,11 @@ def load_index(path: str | os.PathLike, fingerprint: str,
                config: IndexConfig | None = None) -> faiss.Index | FastScanIndex | None:
     """The saved index if it is current (same fingerprint, same config when given, intact), else None.
     Fast-scan kinds come back as a `FastScanIndex` with the ``rerank`` of the saved configuration."""
+    import faiss
+    import numpy as np
+
+    from .fastscan import FastScanIndex
+
     try:
         data = Path(path).read_bytes()
     except OSError:

