@@ -146,6 +146,17 @@ def points(result, experiment, **match):
     return [p for p in result.points if p.experiment == experiment and same(p)]
 
 
+def assert_rotation_scores(got, want):
+    """Scores of rotated features equal those of the originals up to float32 rounding.
+
+    The rotation is a float32 matrix product whose last bits depend on the BLAS build, and 7 pairs of
+    neighbours in the rankings are closer than 1e-6 (at ranks >= 84 of 300): a swap of one such pair moves the
+    mAP by < 2e-4 points. The nearest-class-mean margins are >= 2e-3, far above the rounding: accuracy is exact.
+    """
+    assert got["acc"] == want["acc"]
+    assert got["map"] == pytest.approx(want["map"], abs=1e-2)
+
+
 def test_run_grid_points_bytes_and_baseline(tmp_path):
     r = run(pca_projection="uncentred", cache_dir=tmp_path)
     base = score(l2_normalize(XTR), l2_normalize(XTE))
@@ -165,8 +176,7 @@ def test_run_grid_points_bytes_and_baseline(tmp_path):
 
     # uncentred PCA at full rank is a rotation: inner products, hence both scores, are preserved
     (full,) = points(r, "dr2", dims=32)
-    assert full.scores["acc"] == base["acc"]
-    assert full.scores["map"] == pytest.approx(base["map"], abs=1e-9)
+    assert_rotation_scores(full.scores, base)
 
     # quantization: ceil(log2 h) bits per dimension, 32 dims
     assert [(q.levels, q.bytes_per_vector) for q in points(r, "q2")] == [(2, 4.0), (3, 8.0), (4, 8.0)]
@@ -197,8 +207,9 @@ def test_centred_pca_scores_the_centred_features():
     mean = XTR.astype(np.float64).mean(0)
     # centred PCA at full rank = a rotation of x - mean, which the L2 normalisation then sees
     expected = score(l2_normalize(XTR - mean), l2_normalize(XTE - mean))
-    assert full.scores["acc"] == expected["acc"]
-    assert full.scores["map"] == pytest.approx(expected["map"], abs=1e-9)
+    assert_rotation_scores(full.scores, expected)
+    uncentred = score(l2_normalize(XTR), l2_normalize(XTE))
+    assert abs(expected["map"] - uncentred["map"]) > 1 and expected["acc"] != uncentred["acc"]  # tells them apart
     assert r.settings["pca_projection"] == "centred"
 
 
