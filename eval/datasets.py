@@ -76,6 +76,11 @@ def _idx(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
+def _unique_idx(values: list[int]) -> np.ndarray:
+    """_idx of values without repeats, in order of first occurrence."""
+    return _idx(list(dict.fromkeys(values)))
+
+
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
         raise DatasetError(f"missing {path} ({what})")
@@ -133,7 +138,9 @@ def _load_gt_files(root: Path, name: str, crop: bool) -> RetrievalDataset:
         for kind in ("good", "ok", "junk"):
             f = gt / f"{qid}_{kind}.txt"
             lists[kind] = [lookup(image, f) for image in _read_lines(f)]
-        gnd.append({"ok": _idx(lists["good"] + lists["ok"]), "junk": _idx(lists["junk"])})
+        # compute_ap.cpp reads the lists into std::sets: an image listed twice (all_souls_000091 in
+        # all_souls_1_good.txt) is one positive, not two of which only one can be found. First occurrence wins.
+        gnd.append({"ok": _unique_idx(lists["good"] + lists["ok"]), "junk": _unique_idx(lists["junk"])})
     return RetrievalDataset(name, root, db_paths, queries, gnd, ("classic",), query_in_db=True)
 
 
@@ -518,8 +525,31 @@ _LOADERS: dict[str, Callable[..., RetrievalDataset | ClassificationDataset]] = {
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
 
 
+# Where each dataset that must be downloaded comes from (the README's table), for the error without --root.
+SOURCES = {
+    "oxford5k": "the Oxford Buildings page of Oxford VGG: oxbuild_images + gt_files tarballs",
+    "paris6k": "the Paris Dataset page of Oxford VGG: paris_1/paris_2 + paris_120310 tarballs",
+    "roxford5k": "revisitop (cmp.felk.cvut.cz/revisitop): the Oxford images + gnd_roxford5k.pkl",
+    "rparis6k": "revisitop (cmp.felk.cvut.cz/revisitop): the Paris images + gnd_rparis6k.pkl",
+    "voc2007": "PASCAL VOC 2007: VOCtrainval_06-Nov-2007.tar + VOCtest_06-Nov-2007.tar",
+    "holidays": "the INRIA Holidays page: jpg1 + jpg2 tarballs",
+    "mit67": "the MIT Indoor-67 page: indoorCVPR_09.tar + TrainImages.txt / TestImages.txt",
+    "food101": "the ETH Food-101 page: food-101.tar.gz",
+}
+
+
 def load_dataset(name: str, root: Path | str | None, **kw) -> RetrievalDataset | ClassificationDataset:
-    """Load (or build) the dataset called name from root; kw go to its loader (crop=, distractors=, out=)."""
+    """Load (or build) the dataset called name from root; kw go to its loader (crop=, distractors=, out=).
+
+    root None is allowed only for the datasets retr can make itself (neardup, synthetic, synthetic-cls).
+    """
     if name not in _LOADERS:
         raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if root is None and name in SOURCES:
+        raise DatasetError(
+            f"{name} needs --root, the folder of the downloaded dataset in its official layout "
+            f"(get it from {SOURCES[name]}; see the README's dataset table)"
+        )
+    if root is None and name in ("synthetic", "synthetic-cls"):
+        raise DatasetError(f"{name} needs root, the folder to write its generated images to")
     return _LOADERS[name](root, **kw)

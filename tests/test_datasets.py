@@ -111,6 +111,22 @@ def test_oxford_reads_queries_boxes_and_ground_truth(oxford):
     assert_gnd_equal(ds.gnd[1], ok=_idx(3), junk=_idx())
 
 
+def test_oxford_images_listed_twice_are_one_positive(oxford):
+    """all_souls_000091 is listed twice in Oxford's all_souls_1_good.txt; compute_ap.cpp reads the lists into sets,
+    so it is one positive, and a ranking that finds every positive first has AP 1."""
+    from retr.eval.metrics import compute_map
+
+    gt = oxford / "gt_files"
+    _write(gt / "all_souls_1_good.txt", "all_souls_000026\nall_souls_000013\nall_souls_000026\n")
+    _write(gt / "all_souls_1_ok.txt", "oxford_001115\nall_souls_000013\n")  # also across good and ok
+    _write(gt / "all_souls_1_junk.txt", "ashmolean_000000\nashmolean_000000\n")
+    ds = load_oxford5k(oxford)
+    assert_gnd_equal(ds.gnd[0], ok=_idx(1, 0, 4), junk=_idx(2))  # first occurrences, in file order
+    ranks = np.array([[1, 0, 4, 2, 3]]).T  # (n_db, n_q): the positives first, the junk image, a negative
+    m, aps, _, _ = compute_map(ranks, ds.gnd[:1])
+    assert m == 1.0 and aps[0] == 1.0
+
+
 def test_oxford_without_crop_has_no_boxes(oxford):
     assert [q.bbox for q in load_oxford5k(oxford, crop=False).queries] == [None, None]
 
@@ -354,6 +370,20 @@ def test_unknown_dataset_lists_the_names(tmp_path):
         "neardup",
         "synthetic",
     }
+
+
+@pytest.mark.parametrize("name", ["oxford5k", "paris6k", "roxford5k", "rparis6k", "voc2007", "holidays", "mit67",
+                                  "food101"])
+def test_a_downloaded_dataset_without_root_says_where_to_get_it(name):
+    with pytest.raises(DatasetError, match=f"^{name} needs --root.*get it from") as e:
+        load_dataset(name, None)
+    assert "\n" not in str(e.value)
+
+
+def test_generated_datasets_need_a_folder():
+    for name in ("synthetic", "synthetic-cls"):
+        with pytest.raises(DatasetError, match=f"^{name} needs root"):
+            load_dataset(name, None)
 
 
 def test_dispatcher_forwards_options(oxford, roxford):
