@@ -220,13 +220,20 @@ def _voc_pr(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return tp / n_pos, tp / seen
 
 
+# The devkit's thresholds ``t = 0:0.1:1`` as MATLAB's colon operator makes them: the first half a + k d, the second
+# half b - k d, the middle (a + b) / 2. So t[3] is 3 * 0.1 = 0.30000000000000004, which a recall of exactly 3/10
+# does not reach, while t[6] and t[7] are 1 - 0.4 = 0.6 and 1 - 0.30000000000000004 = 0.7, which recalls 6/10 and
+# 7/10 do reach (np.arange's k * 0.1 gives 0.6000000000000001 and 0.7000000000000001 there).
+VOC07_THRESHOLDS = np.array([k * 0.1 for k in range(5)] + [0.5] + [1.0 - k * 0.1 for k in range(4, -1, -1)])
+
+
 def voc07_ap_11point(scores: np.ndarray, labels: np.ndarray) -> float:
     """11-point interpolated AP of one class, as ``VOCevalcls.m`` of the VOC2007 devkit.
 
     scores: (n,) float, higher means more confident; labels: (n,) int in {1 positive, -1 negative,
-    0 difficult (ignored)}. AP = mean over t in {0, 0.1, ..., 1} of the highest precision at recall >= t
-    (0 where recall never reaches t). The thresholds are exactly t = i / 10, so a recall of exactly 3/10
-    reaches t = 0.3 (``0:0.1:1`` and ``np.arange`` make that point 0.30000000000000004 and miss it).
+    0 difficult (ignored)}. AP = mean over t in ``0:0.1:1`` of the highest precision at recall >= t
+    (0 where recall never reaches t), with the devkit's thresholds as MATLAB computes them
+    (``VOC07_THRESHOLDS``): a recall of exactly 3/10 does not reach its t = 0.30000000000000004.
     Ties: stable order of ``-scores`` (input order among equal scores). Returns NaN without positives
     (the devkit would return 0).
     """
@@ -236,8 +243,8 @@ def voc07_ap_11point(scores: np.ndarray, labels: np.ndarray) -> float:
     rec, prec = pr
     # Sum first, divide once: the devkit's running ap + p/11 only adds rounding error.
     total = 0.0
-    for i in range(11):
-        reached = prec[rec >= i / 10]
+    for t in VOC07_THRESHOLDS:
+        reached = prec[rec >= t]
         total += reached.max() if len(reached) else 0.0
     return float(total / 11)
 

@@ -16,6 +16,7 @@ from retr.eval.metrics import (
     oxford_ap,
     recall_at_k,
     revisited_protocols,
+    VOC07_THRESHOLDS,
     voc07_ap_11point,
     voc_ap_auc,
     voc_map,
@@ -232,15 +233,26 @@ def test_voc_ties_follow_input_order():
     assert len({voc07_ap_11point(s, np.array([-1, 1])) for _ in range(5)}) == 1
 
 
+def test_voc07_thresholds_are_matlabs_colon():
+    # MATLAB's 0:0.1:1 (its colon operator fills the first half from 0 up, the second from 1 down, as Moler's
+    # colonop.m): not i / 10 (t[3]), not np.arange (t[6], t[7]).
+    assert VOC07_THRESHOLDS.tolist() == [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert VOC07_THRESHOLDS[3] != 3 / 10 and VOC07_THRESHOLDS[7] != np.arange(0, 1.1, 0.1)[7]
+
+
 def test_voc07_threshold_at_exact_recall_point():
     # 10 positives: 3 P, then 3 N, then 7 P (scores strictly decreasing).
-    # Recall 3/10 is reached with precision 1. Thresholds t = i/10 exactly, so t = 0.3 counts it:
-    # t = 0, .1, .2, .3 -> 1; t = .4 .. 1 (7 points) -> max(4/7, 5/8, ..., 10/13) = 10/13
-    # AP = (4 + 7 * 10/13) / 11 = (122/13) / 11 = 122/143
-    # (np.arange(0, 1.1, .1)[3] is 0.30000000000000004, which would give (3 + 8 * 10/13) / 11 = 119/143.)
+    # Recall 3/10 (the double 0.3) is reached with precision 1, but the devkit's t[3] is 0.30000000000000004:
+    # t = 0, .1, .2 -> 1; t = .3 .. 1 (8 points) -> max(4/7, 5/8, ..., 10/13) = 10/13
+    # AP = (3 + 8 * 10/13) / 11 = (119/13) / 11 = 119/143 (with t = 3/10 exactly it would be 122/143).
     labels = np.array([1] * 3 + [-1] * 3 + [1] * 7)
     scores = -np.arange(len(labels), dtype=float)
-    assert voc07_ap_11point(scores, labels) == pytest.approx(122 / 143, abs=1e-15)
+    assert voc07_ap_11point(scores, labels) == pytest.approx(119 / 143, abs=1e-15)
+    # 7 P, 3 N, 3 P: recall 7/10 = 0.7 reaches the devkit's t[7] = 1 - 0.30000000000000004 = 0.7:
+    # t = 0 .. .7 (8 points) -> 1; t = .8, .9, 1 -> max(8/11, 9/12, 10/13) = 10/13
+    # AP = (8 + 3 * 10/13) / 11 = 134/143 (np.arange's t[7] = 0.7000000000000001 would give 131/143).
+    labels = np.array([1] * 7 + [-1] * 3 + [1] * 3)
+    assert voc07_ap_11point(scores, labels) == pytest.approx(134 / 143, abs=1e-15)
 
 
 def test_voc_map_skips_classes_without_positives():
