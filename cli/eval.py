@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
-from ..eval.datasets import DATASETS
-from ..eval.run import PAPER_EXPERIMENTS, evaluate
-from ..retrieval.backbones import DEFAULT_BACKBONE, list_backbones
-from ..retrieval.encoder import EncoderConfig
-from ..retrieval.pooling import POOLINGS
-from .main import _parse_scales, main
+from .main import main
+from .options import ENCODER_OPTIONS, RUN_OPTIONS, encoder_config
+
+# the benchmark names, as eval/datasets.py registers them (listed here so that `retr --help` imports no dataset code;
+# tests/test_cli_contract.py checks that the two lists agree)
+DATASET_NAMES = ("oxford5k", "paris6k", "roxford5k", "rparis6k", "holidays", "voc2007", "mit67", "food101",
+                 "neardup", "synthetic", "synthetic-cls")
+DEFAULT_EXPERIMENTS = "dr1,dr2,q1,q2,qb,fc"  # eval.stress.PAPER_EXPERIMENTS (checked by the same test)
 
 
 def _parse_levels(s: str) -> tuple[int, ...]:
@@ -23,42 +25,40 @@ def _parse_levels(s: str) -> tuple[int, ...]:
 
 
 @main.command("eval")
-@click.argument("dataset", type=click.Choice(DATASETS))
+@click.argument("dataset", type=click.Choice(DATASET_NAMES))
 @click.option("--root", type=click.Path(path_type=str), default=None,
               help="The dataset's folder in its official layout (neardup: any folder of photos, default the "
                    "bundled scikit-image photos; synthetic: where to write the generated images).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Report folder: CSVs, results.json, PNG plots, report.html.")
-@click.option("--experiments", default=",".join(PAPER_EXPERIMENTS), show_default=True,
+@click.option("--experiments", default=DEFAULT_EXPERIMENTS, show_default=True,
               help="Comma-separated: dr1, dr2, q1, q2, qb, fc, and beyond the paper q1-quantile, q2-quantile, "
-                   "q1-sigma, q2-sigma, fc-quantile, fc-sigma, pq, opq.")
-@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, type=click.Choice(list_backbones()))
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or PATH to a state_dict.")
-@click.option("--layer", default=None, help="conv (pooled) or fc6/fc7 for alexnet/vgg16 (the paper: fc7).")
-@click.option("--pooling", default=None, type=click.Choice(sorted(POOLINGS)), help="For conv [default: gem].")
-@click.option("--scales", default="1", show_default=True)
-@click.option("--max-size", type=int, default=None, help="Resize the longer side, no crop (retrieval style).")
+                   "q1-sigma, q2-sigma, fc-quantile, fc-sigma, pq, opq, model.")
+@ENCODER_OPTIONS
 @click.option("--features-cache", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Folder where descriptors are cached and reused by later runs.")
 @click.option("--no-crop", is_flag=True, help="Oxford/Paris: do not crop queries to their bounding box.")
 @click.option("--distractors", type=click.Path(path_type=str), default=None, help="R1M distractor folder.")
-@click.option("--codec-from", type=click.Choice(DATASETS), default=None,
+@click.option("--fit-on", type=click.Choice(DATASET_NAMES), default=None,
               help="Learn PCA / min-max / PQ on this retrieval dataset's database instead (e.g. paris6k for "
                    "oxford5k).")
-@click.option("--codec-from-root", type=click.Path(path_type=str), default=None,
-              help="The --codec-from dataset's folder.")
-@click.option("--reps", type=int, default=10, show_default=True, help="DR-1 repetitions.")
-@click.option("--levels", default="2-30", show_default=True, help="Quantization levels h of Q-1/Q-2/FC.")
+@click.option("--fit-on-root", type=click.Path(path_type=str), default=None, help="The --fit-on dataset's folder.")
+@click.option("--reps", type=click.IntRange(min=1), default=10, show_default=True, help="DR-1 repetitions.")
+@click.option("--grid-levels", default="2-30", show_default=True,
+              help="The quantization levels h that Q-1/Q-2/FC sweep (a range 2-30 or a list 2,4,8).")
 @click.option("--pca-projection", default="centred", show_default=True, type=click.Choice(["centred", "uncentred"]),
               help="uncentred reproduces the paper's MATLAB code (projection without subtracting the mean).")
+@click.option("--index", "index_kind", default="flat", show_default=True,
+              type=click.Choice(["flat", "ivf", "hnsw"]),
+              help="How retrieval sets are searched at every grid point: flat ranks exactly; ivf and hnsw search the "
+                   "index `retr index --index` builds, so approximate search is measured as users get it.")
 @click.option("--solver", default="auto", show_default=True, type=click.Choice(["auto", "sklearn", "torch"]),
               help="Linear SVM solver for classification sets (sklearn's LinearSVC is the reference).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@RUN_OPTIONS
 @click.option("--seed", type=int, default=0, show_default=True)
 def eval_cmd(dataset, root, out, experiments, backbone, weights, layer, pooling, scales, max_size, features_cache,
-             no_crop, distractors, codec_from, codec_from_root, reps, levels, pca_projection, solver, device,
-             batch_size, seed):
+             no_crop, distractors, fit_on, fit_on_root, reps, grid_levels, pca_projection, index_kind, solver,
+             device, batch_size, workers, jpeg_decode, seed):
     """Measure how much accuracy each level of compression costs on DATASET.
 
     \b
@@ -67,12 +67,16 @@ def eval_cmd(dataset, root, out, experiments, backbone, weights, layer, pooling,
     retr eval voc2007 --root ~/data/VOCdevkit/VOC2007 --backbone vgg16 --layer fc7 --out reports/voc
     retr eval roxford5k --root ~/data/roxford5k --backbone resnet101 --pooling gem --out reports/roxf
     """
-    enc = EncoderConfig.create(backbone, weights, layer, pooling, scales=_parse_scales(scales), max_size=max_size)
+    from ..eval.run import evaluate
+
+    enc = encoder_config(backbone, weights, layer, pooling, scales, max_size)
     exps = tuple(e.strip() for e in experiments.split(",") if e.strip())
     r = evaluate(dataset, root, out, enc, exps, features_cache=features_cache, device=device, batch_size=batch_size,
-                 crop=not no_crop, distractors=distractors, reps=reps, levels=_parse_levels(levels),
-                 pca_projection=pca_projection, solver=solver, codec_from=codec_from, codec_from_root=codec_from_root,
-                 seed=seed)
+                 workers=workers, jpeg_decode=jpeg_decode, index=index_kind, crop=not no_crop, distractors=distractors,
+                 reps=reps, levels=_parse_levels(grid_levels), pca_projection=pca_projection, solver=solver,
+                 codec_from=fit_on, codec_from_root=fit_on_root, seed=seed)
     base = ", ".join(f"{k} {v:.2f}" for k, v in r.grid.baseline.items())
     click.echo(f"{dataset}: original descriptors ({r.grid.n}-dim float32): {base}")
+    for line in getattr(r.grid, "skipped_experiments", {}).items():
+        click.echo(f"not run: {line[0]}: {line[1]}")
     click.echo(f"report: {r.files['html']} ({r.seconds:.0f} s)")

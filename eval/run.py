@@ -18,19 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..retrieval.backbones import get_spec
 from ..retrieval.encoder import Encoder, EncoderConfig, resolve_device
 from ..retrieval.errors import ConfigError, DatasetError
-from ..retrieval.images import Skipped, batch_prefetch, iter_decoded, read_image
 from ..retrieval.fileio import atomic_write
 from . import metrics, report, stress
 from .datasets import ClassificationDataset, RetrievalDataset, load_dataset
 from .model_table import html_section
 from .svm import LinearModel, classification_metric, decision, train_ovr
 
-PAPER_EXPERIMENTS = ("dr1", "dr2", "q1", "q2", "qb", "fc")
+PAPER_EXPERIMENTS = stress.PAPER_EXPERIMENTS
+EVAL_INDEXES = ("flat", "ivf", "hnsw")
 GRID_ONLY = {"model"}  # experiments that are not points of the stress grid
 
 
@@ -57,39 +56,18 @@ def dataset_fingerprint(paths: list[Path], extra: str = "") -> str:
 
 def compute_features(encoder: Encoder, paths: list[Path], bboxes: list | None = None, batch_size: int = 32,
                      workers: int = 2, desc: str = "descriptors", progress: bool = True) -> np.ndarray:
-    """``(n, d) float32`` descriptors of ``paths`` (cropped to ``bboxes`` (x1, y1, x2, y2) where given).
+    """``(n, d) float32`` descriptors of ``paths`` (cropped to ``bboxes`` (x1, y1, x2, y2) where given), through the
+    engine's own pipeline (`retrieval.describe`), so a benchmark measures the descriptors users get.
 
     A benchmark image that cannot be decoded is an error, not a skip: skipping would shift the ground truth.
     """
-    out = np.zeros((len(paths), encoder.dim), np.float32)
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
-    if bboxes is not None and any(b is not None for b in bboxes):
-        for i, (p, b) in enumerate(zip(paths, bboxes)):
-            img = read_image(p)
-            if b is not None:
-                x1, y1, x2, y2 = (int(round(v)) for v in b)
-                img = img[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
-            out[i] = encoder([img])[0]
-            bar.update(1)
-        bar.close()
-        return out
-    idx, batch = [], []
-    with encoder.decoding_workers() as worker_init:
-        for i, p, t in iter_decoded(paths, workers=workers, transform=encoder.preprocess,
-                                    ahead=batch_prefetch(batch_size, workers), worker_init=worker_init):
-            if isinstance(t, Skipped):
-                raise DatasetError(f"{p}: {t.reason}; a benchmark image must decode (re-extract the dataset)")
-            idx.append(i)
-            batch.append(t)
-            if len(batch) == batch_size:
-                out[idx] = encoder.encode_batch(batch)
-                bar.update(len(batch))
-                idx, batch = [], []
-    if batch:
-        out[idx] = encoder.encode_batch(batch)
-        bar.update(len(batch))
-    bar.close()
-    return out
+    from ..retrieval.describe import describe
+
+    got = describe(encoder, paths, crops=bboxes, batch_size=batch_size, workers=workers, progress=progress, desc=desc)
+    if got.skipped:
+        i, reason = next(iter(sorted(got.skipped.items())))
+        raise DatasetError(f"{paths[i]}: {reason}; a benchmark image must decode (re-extract the dataset)")
+    return got.x
 
 
 def cached_features(cache: Path | None, key: str, fn) -> np.ndarray:
@@ -104,10 +82,33 @@ def cached_features(cache: Path | None, key: str, fn) -> np.ndarray:
     return x
 
 
-def retrieval_scores(ds: RetrievalDataset):
-    """score_fn for the grid: ``(xdb (n, d), xq (m, d)) -> {protocol: mAP 0-100, ...}``."""
+def ranking(xdb: np.ndarray, xq: np.ndarray, index: str = "flat") -> np.ndarray:
+    """Every database position ranked for each query, ``(n_db, n_q)`` (revisitop's layout), by inner product.
+
+    ``flat`` ranks exactly (a stable sort of ``xq @ xdb.T``: what `IndexFlatIP` returns, ties in id order);
+    ``ivf`` and ``hnsw`` search the index `retr query` would build over these vectors (`indexes.build_index`,
+    default parameters), so approximate search is measured as users get it; positions the search did not return
+    rank last, in id order."""
+    if index == "flat":
+        return np.argsort(-(xq @ xdb.T), axis=1, kind="stable").T
+    from .. import indexes
+
+    n = len(xdb)
+    idx = indexes.build_index(xdb, np.arange(n, dtype=np.int64), indexes.IndexConfig(kind=index))
+    _, found = indexes.search(idx, xq, n)
+    out = np.empty((len(xq), n), np.int64)
+    for j, row in enumerate(found):
+        row = row[row >= 0]
+        seen = np.zeros(n, bool)
+        seen[row] = True
+        out[j] = np.concatenate([row, np.flatnonzero(~seen)])
+    return out.T
+
+
+def retrieval_scores(ds: RetrievalDataset, index: str = "flat"):
+    """score_fn for the grid: ``(xdb (n, d), xq (m, d)) -> {protocol: mAP 0-100, ...}``, ranked by `ranking`."""
     def score(xdb: np.ndarray, xq: np.ndarray) -> dict[str, float]:
-        ranks = np.argsort(-(xq @ xdb.T), axis=1, kind="stable").T  # (n_db, n_q), revisitop's layout
+        ranks = ranking(xdb, xq, index)
         if ds.protocols == ("easy", "medium", "hard"):
             res = metrics.revisited_protocols(ranks, ds.gnd)
             return {p: 100 * res[p].map for p in ds.protocols}
@@ -142,7 +143,8 @@ def classification_scores(ds: ClassificationDataset, solver: str, tol: float = G
 def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLike,
              encoder: EncoderConfig | None = None, experiments: tuple[str, ...] = PAPER_EXPERIMENTS, *,
              features_cache: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 32,
-             workers: int = 2, crop: bool = True, distractors: str | os.PathLike | None = None, reps: int = 10,
+             workers: int = 2, jpeg_decode: str = "auto", index: str = "flat", crop: bool = True,
+             distractors: str | os.PathLike | None = None, reps: int = 10,
              levels: tuple[int, ...] = tuple(range(2, 31)), pca_projection: str = "centred", solver: str = "auto",
              codec_from: str | None = None, codec_from_root: str | os.PathLike | None = None,
              seed: int = 0, progress: bool = True) -> EvalResult:
@@ -164,7 +166,10 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
     if dataset in ("synthetic", "synthetic-cls") and root is None:
         root = out / f"{dataset}-images"
     ds = load_dataset(dataset, root, **kw)
-    enc = Encoder(enc_cfg, device=device, seed=seed)
+    if index not in EVAL_INDEXES:
+        raise ConfigError(f"--index {index}: retr eval searches the grid's vectors with {', '.join(EVAL_INDEXES)} "
+                          "(fast-scan kinds scan Q-2 codes of at most 16 levels, not every point of the grid)")
+    enc = Encoder(enc_cfg, device=device, seed=seed, jpeg_decode=jpeg_decode)
     cache = Path(features_cache) if features_cache else None
     efp = hashlib.sha256(json.dumps(enc_cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
@@ -176,7 +181,7 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
     if isinstance(ds, RetrievalDataset):
         xtr = feats(ds.db_paths, "db")
         xte = feats([q.path for q in ds.queries], "queries", [q.bbox for q in ds.queries])
-        score_fn = retrieval_scores(ds)
+        score_fn = retrieval_scores(ds, index)
         all_paths = ds.db_paths + [q.path for q in ds.queries]
     else:
         xtr = feats(ds.train_paths, "train")

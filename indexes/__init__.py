@@ -15,20 +15,20 @@ from .io import load_index, read_header, save_index
 
 if TYPE_CHECKING:
     from . import fastscan
-    from .build import build_index, default_nlist, default_nprobe, search, to_gpu_if_available
+    from .build import build_index, check_nprobe, default_nlist, default_nprobe, is_ivf, search, to_gpu_if_available
     from .fastscan import FastScanIndex, build_fastscan, default_fastscan_nprobe
 
 # name -> the module that defines it, imported (with Faiss) when the name is first read
 _LAZY = {
     "build_index": "build", "default_nlist": "build", "default_nprobe": "build", "search": "build",
-    "to_gpu_if_available": "build",
+    "to_gpu_if_available": "build", "check_nprobe": "build", "is_ivf": "build",
     "fastscan": "fastscan", "FastScanIndex": "fastscan", "build_fastscan": "fastscan",
     "default_fastscan_nprobe": "fastscan",
 }
 
 __all__ = ["fastscan", "IndexConfig", "IndexConfigError", "KINDS", "FASTSCAN_KINDS", "build_index", "build_fastscan",
            "FastScanIndex", "default_nlist", "default_nprobe", "default_fastscan_nprobe", "search",
-           "to_gpu_if_available", "save_index", "load_index", "read_header"]
+           "to_gpu_if_available", "save_index", "load_index", "read_header", "check_nprobe", "is_ivf"]
 
 
 def __getattr__(name: str):

@@ -20,7 +20,9 @@ def default_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    return int(max(1, min(nlist, round(nlist / 8))))
+    """Cells an IVF search visits: an eighth of them, but at least 8 (all of them in a small collection, where
+    visiting one of a few cells loses much of the recall for no time gained)."""
+    return int(max(1, min(nlist, max(8, round(nlist / 8)))))
 
 
 def build_index(xb: np.ndarray, ids: np.ndarray, config: IndexConfig) -> faiss.Index:
@@ -50,6 +52,7 @@ def search(index, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np
     """k nearest by inner product: ``D (m, k) float32`` (descending), ``I (m, k) int64`` (-1 where fewer than k).
 
     ``index`` is a Faiss index or a `FastScanIndex` (which re-ranks its candidates exactly)."""
+    check_nprobe(index, nprobe)
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     k = max(1, min(k, index.ntotal)) if index.ntotal else 1
     if not isinstance(index, faiss.Index):  # a FastScanIndex: nprobe applies to this search only
@@ -57,6 +60,28 @@ def search(index, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np
     if nprobe is not None:
         faiss.extract_index_ivf(index).nprobe = nprobe
     return index.search(xq, k)
+
+
+def is_ivf(index) -> bool:
+    """Whether ``index`` (a Faiss index or a `FastScanIndex`) has inverted lists, i.e. an ``nprobe``."""
+    if not isinstance(index, faiss.Index):
+        return index.kind == "ivf-fastscan"
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
+
+
+def check_nprobe(index, nprobe: int | None) -> None:
+    """An ``nprobe`` is a user's option: refuse it in one line where it means nothing or is not a count."""
+    if nprobe is None:
+        return
+    if not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+        raise IndexConfigError(f"--nprobe must be 1 or more, got {nprobe}")
+    if not is_ivf(index):
+        raise IndexConfigError("--nprobe sets how many inverted lists a search visits: this database's index has "
+                               "none (use it with --index ivf or ivf-fastscan)")
 
 
 def to_gpu_if_available(index):

@@ -40,6 +40,13 @@ class IndexConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The kind and the parameters that apply to it, e.g. ``ivf (nlist auto, nprobe 8)``."""
+        used = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("hnsw_m",), "fastscan": ("rerank",),
+                "ivf-fastscan": ("nlist", "nprobe", "rerank")}[self.kind]
+        parts = [f"{k} {'auto' if getattr(self, k) is None else getattr(self, k)}" for k in used]
+        return self.kind + (f" ({', '.join(parts)})" if parts else "")
+
     @classmethod
     def from_dict(cls, d: dict) -> IndexConfig:
         unknown = set(d) - {f.name for f in fields(cls)}

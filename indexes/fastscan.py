@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from .build import default_nlist
+from .vectors import l2n
 from .config import IndexConfig, IndexConfigError
 
 KSUB = 16  # centroids per 4-bit sub-quantizer
@@ -94,10 +95,6 @@ def decode(levels: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return levels[np.arange(levels.shape[0]), np.asarray(idx)]
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm (zero rows stay zero), float32, as the engine normalises decoded vectors."""
-    nrm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(nrm, 1e-12)).astype(np.float32)
 
 
 def _pad(x: np.ndarray, d: int) -> np.ndarray:
@@ -232,7 +229,7 @@ class FastScanIndex:
         cpu = faiss.IndexIDMap(faiss.IndexFlatIP(self.p))
         for i0 in range(0, self.ntotal, _CHUNK):
             pos = np.arange(i0, min(self.ntotal, i0 + _CHUNK), dtype=np.int64)
-            cpu.add_with_ids(_l2n(self.reconstruct(pos)), np.ascontiguousarray(self._ids[pos]))
+            cpu.add_with_ids(l2n(self.reconstruct(pos)), np.ascontiguousarray(self._ids[pos]))
         return faiss.index_cpu_to_all_gpus(cpu)
 
     def search(self, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +272,7 @@ class FastScanIndex:
         best_p = np.zeros((len(q), 0), np.int64)
         for i0 in range(0, self._n, _CHUNK):
             pos = np.arange(i0, min(self._n, i0 + _CHUNK), dtype=np.int64)
-            s = np.hstack([best_s, q[:, : self.p] @ _l2n(self.reconstruct(pos)).T])
+            s = np.hstack([best_s, q[:, : self.p] @ l2n(self.reconstruct(pos)).T])
             p = np.hstack([best_p, np.broadcast_to(pos, (len(q), len(pos)))])
             keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
             best_s, best_p = np.take_along_axis(s, keep, 1), np.take_along_axis(p, keep, 1)
@@ -328,7 +325,7 @@ def build_fastscan(levels: np.ndarray, idx: np.ndarray, ids: np.ndarray, config:
         sample = np.sort(rng.choice(n, size=min(n, _TRAIN_PER_LIST * nlist), replace=False))
         km = faiss.Kmeans(d, nlist, niter=_KMEANS_ITER, spherical=True, seed=1234,
                           max_points_per_centroid=_TRAIN_PER_LIST + 1, min_points_per_centroid=1)
-        km.train(_pad(_l2n(decode(levels, idx[sample])), d))
+        km.train(_pad(l2n(decode(levels, idx[sample])), d))
         quantizer.add(km.centroids)
         ivfpq = faiss.IndexIVFPQ(quantizer, d, nlist, M, 4, faiss.METRIC_INNER_PRODUCT)
         ivfpq.by_residual = False  # residual codes would no longer be the lossless level codes

@@ -7,15 +7,12 @@ and encodes again any file that lost its code), so each problem says which of th
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import indexes
-from .codec import CodecParams
-from .encoder import EncoderConfig
-from .engine import INDEX_FILE, _fingerprint, _refresh_index
+from .database import INDEX_FILE, fingerprint, read_params, read_spec, refresh_index
 from .errors import RetrError
 from .images import printable
 from .store import FORMAT_VERSION, Store
@@ -29,6 +26,7 @@ class CheckReport:
     count: int
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a fault of the database
 
     @property
     def healthy(self) -> bool:
@@ -56,14 +54,13 @@ def check(db: str | os.PathLike, repair: bool = False) -> CheckReport:
         v = int(store.get_meta("format_version"))
         if v != FORMAT_VERSION:
             p.append(f"format version {v}, expected {FORMAT_VERSION}")
-        enc = params = None
+        spec = params = None
         try:
-            raw = store.get_meta("encoder")
-            enc = EncoderConfig.from_dict(json.loads(raw)) if raw else None
-            raw = store.get_meta("codec")
-            params = CodecParams.from_bytes(raw) if raw else None
+            spec = read_spec(store)
+            params = read_params(store)
         except (RetrError, ValueError) as e:
             p.append(f"unreadable configuration: {e}")
+        enc = spec.encoder if spec is not None else None
         if enc is None:
             p.append(f"no encoder configuration (indexing never started: {again})")
         if params is None:
@@ -97,21 +94,23 @@ def check(db: str | os.PathLike, repair: bool = False) -> CheckReport:
         _listed(p, scan.skipped_and_indexed, lambda x: f"{printable(x)}: both indexed and recorded as skipped",
                 again)
 
-        if params is not None:
+        if params is not None and spec is not None:
             path = db / INDEX_FILE
-            fp = _fingerprint(store, params)
-            head = indexes.read_header(path)
-            try:
-                cfg = indexes.IndexConfig.from_dict(head["config"]) if head else indexes.IndexConfig()
-            except (indexes.IndexConfigError, TypeError):
-                cfg = indexes.IndexConfig()
-            if indexes.load_index(path, fp, cfg) is None:
+            cfg = spec.index
+            if indexes.load_index(path, fingerprint(store, params), cfg) is None:
                 what = "missing" if not path.exists() else "stale or corrupt"
                 if repair and not (scan.bad_codes or scan.orphan_codes):
-                    _refresh_index(store, params, cfg)
+                    refresh_index(store, params, cfg)
                     rep.repaired.append(f"index file was {what}: rebuilt from the store")
                 elif repair:
                     p.append(f"index file {what}, not rebuilt: the codes are damaged ({again} first)")
                 else:
                     p.append(f"index file {what} (run `retr check --db {db} --repair`)")
+        root = os.fsdecode(store.get_meta("root") or b"")
+        if root:
+            gone = [r.path for r in recs.values() if not os.path.lexists(os.path.join(root, r.path))]
+            if gone:
+                rep.notes.append(f"{len(gone)} indexed files are no longer in {printable(root)} and still come up in "
+                                 f"results (e.g. {printable(gone[0])}): `retr index {printable(root)} --db {db} "
+                                 "--forget-deleted` removes them")
         return rep

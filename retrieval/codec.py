@@ -149,6 +149,15 @@ def _bits(h: int) -> int:
     return (h - 1).bit_length()
 
 
+def code_size_for(config: CodecConfig, p: int) -> int:
+    """Bytes per vector of ``config`` applied with ``p`` kept dimensions."""
+    if config.quantizer == "none":
+        return 4 * p
+    if config.packing == "radix":
+        return _radix_size(p, config.levels)
+    return -(-p * _bits(config.levels) // 8)
+
+
 def _radix_size(p: int, h: int) -> int:
     """Bytes holding any p-digit base-h number: the byte length of h**p - 1."""
     return ((h**p - 1).bit_length() + 7) // 8
@@ -206,12 +215,13 @@ class CodecParams:
     @property
     def code_size(self) -> int:
         """Bytes per encoded vector."""
-        cfg = self.config
-        if cfg.quantizer == "none":
-            return 4 * self.dims
-        if cfg.packing == "radix":
-            return _radix_size(self.dims, cfg.levels)
-        return -(-self.dims * _bits(cfg.levels) // 8)
+        return code_size_for(self.config, self.dims)
+
+    def label(self) -> str:
+        """`CodecConfig.short_name` with the dimensions actually kept (pca8-q2h4 when pca256 was capped at 8)."""
+        if not self.capped or self.config.reduction == "none":
+            return self.config.short_name()
+        return dataclasses.replace(self.config, dims=self.dims, keep=None).short_name()
 
     @property
     def compression(self) -> float:

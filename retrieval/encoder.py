@@ -23,6 +23,16 @@ from .fusion import fold_batchnorm
 from .pooling import Pooling, l2n, multiscale
 
 
+def crop_box(box, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """A bounding box ``(x1, y1, x2, y2)`` in pixels (floats allowed, as in Oxford's gt files) -> integer bounds
+    inside a ``width`` x ``height`` image, at least one pixel wide and high; None stays None."""
+    if box is None:
+        return None
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1 = min(max(0, x1), width - 1), min(max(0, y1), height - 1)
+    return x1, y1, max(x1 + 1, min(x2, width)), max(y1 + 1, min(y2, height))
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without it is a user error."""
     if device == "auto":
@@ -35,6 +45,18 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device '{device}'; use auto, cpu or cuda") from None
 
 
+JPEG_DECODES = ("auto", "device", "pillow")
+
+
+def resolve_jpeg_decode(jpeg_decode: str, device: torch.device) -> bool:
+    """Where JPEG files are decoded, decided once per encoder for every image it describes (index, query, eval):
+    ``device`` in batches on the model's device (nvJPEG on CUDA), ``pillow`` in the decoding threads, ``auto`` the
+    device on CUDA and Pillow elsewhere. Returns True for the device."""
+    if jpeg_decode not in JPEG_DECODES:
+        raise ConfigError(f"unknown JPEG decoder {jpeg_decode!r}; use one of {', '.join(JPEG_DECODES)}")
+    return device.type == "cuda" if jpeg_decode == "auto" else jpeg_decode == "device"
+
+
 class Encoder:
     """A loaded network on one device. ``encoder(images)`` maps a list of ``(H, W, 3) uint8`` arrays to
     ``(n, d) float32`` L2-normalised descriptors.
@@ -44,10 +66,12 @@ class Encoder:
     for descriptors equal to ~1e-6. ``folded`` says how many BatchNorms were folded.
     """
 
-    def __init__(self, config: EncoderConfig, device: str = "auto", seed: int = 0, fold: bool = True):
+    def __init__(self, config: EncoderConfig, device: str = "auto", seed: int = 0, fold: bool = True,
+                 jpeg_decode: str = "auto"):
         self.config = config
         self.device = resolve_device(device)
         self.spec = get_spec(config.backbone)
+        self.jpeg_on_device = resolve_jpeg_decode(jpeg_decode, self.device)
         if config.model is not None:
             from .model_file import load_model_file  # only needed with --model
 
@@ -67,6 +91,19 @@ class Encoder:
             self.folded = fold_batchnorm(self.model, sample)
         self.model = self.model.to(memory_format=torch.channels_last)
 
+    @classmethod
+    def wrap(cls, model: torch.nn.Module, pool: torch.nn.Module | None, config: EncoderConfig,
+             device: str = "auto") -> Encoder:
+        """An encoder over a network already in memory (a model being fine-tuned): nothing is loaded or folded,
+        so the network's own parameters are used as they are."""
+        enc = cls.__new__(cls)
+        enc.config = config
+        enc.device = resolve_device(device)
+        enc.spec = get_spec(config.backbone)
+        enc.jpeg_on_device = False
+        enc.model, enc.pool, enc.folded = model, pool, 0
+        return enc
+
     @property
     def dim(self) -> int:
         return self.config.dim
@@ -83,12 +120,19 @@ class Encoder:
         """``(H, W, 3) uint8`` -> ``(3, h, w) float32`` normalised, on the CPU. Pure; safe in worker threads."""
         return preprocess(self.spec, image, max_size=self.config.max_size)
 
-    def preprocess_jpegs(self, blobs: list[bytes]) -> list[torch.Tensor]:
+    def preprocess_jpegs(self, blobs: list[bytes], crops: list | None = None) -> list[torch.Tensor]:
         """JPEG files' bytes -> ``(3, h, w) float32`` normalised tensors on this encoder's device: one batched
-        ``torchvision.io.decode_jpeg`` there (nvJPEG on CUDA, libjpeg on the CPU), then `preprocess_decoded`.
+        ``torchvision.io.decode_jpeg`` there (nvJPEG on CUDA, libjpeg on the CPU), each image cut to its crop
+        ``(x1, y1, x2, y2)`` in pixels where one is given, then `preprocess_decoded`.
         Raises RuntimeError if any file does not decode (the caller retries them one by one)."""
         data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]  # bytearray: writable memory
         images = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB, device=self.device)
+        if crops is not None:
+            cut = []
+            for im, box in zip(images, crops):
+                c = crop_box(box, im.shape[2], im.shape[1])
+                cut.append(im if c is None else im[:, c[1]:c[3], c[0]:c[2]])
+            images = cut
         return preprocess_decoded(self.spec, images, self.config.max_size)
 
     @contextmanager

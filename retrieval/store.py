@@ -3,13 +3,15 @@
 A database is a directory (``photos.retr/``) holding LMDB's ``data.mdb`` and ``lock.mdb`` plus derived files (the
 Faiss index) that can always be rebuilt from it. Named sub-databases:
 
-``meta``      format version, encoder configuration (JSON), codec parameters (bytes), generation counter, root
+``meta``      format version, the database spec (JSON, `spec.DatabaseSpec`), encoder configuration (JSON, also in the
+              spec), fitted codec parameters (bytes), generation counter, root
 ``codes``     id (8-byte big-endian) -> packed code, ``code_size`` bytes
 ``files``     id -> JSON record ``{path, size, mtime_ns, blake2b}`` (path relative to the indexed root)
 ``ids``       path key (``os.fsencode`` of the relative path) -> id
-``features``  id -> raw descriptor, (d,) float32 little-endian (staged before the codec is fitted; kept with
-              ``keep_features`` so the codec can be refitted)
-``skipped``   path key -> reason (UTF-8): files that could not be indexed
+``features``  id -> raw descriptor, (d,) float32 little-endian (kept while the codec is provisional, and with
+              ``keep_features``, so the codec can be refitted)
+``skipped``   path key -> JSON ``{reason, size, mtime_ns}`` (a bare UTF-8 reason in older databases): files that
+              could not be indexed, and the stamp they had then
 
 Every change is one write transaction; the ``generation`` counter increases with each, and the store's fingerprint
 (codec fingerprint + generation) tells whether a derived index is stale. A crash (even ``kill -9``) or a failing
@@ -83,6 +85,32 @@ class FileRecord:
         d = json.loads(b)
         d["path"] = d["path"].encode("latin-1").decode("utf-8", "surrogateescape")
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class SkipRecord:
+    """Why a file was not indexed, and the ``size`` / ``mtime_ns`` it had then (None when it could not be read):
+    an unchanged skipped file is not decoded again."""
+
+    reason: str
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"reason": self.reason, "size": self.size, "mtime_ns": self.mtime_ns}).encode()
+
+    @classmethod
+    def from_bytes(cls, b: bytes) -> SkipRecord:
+        if b[:1] == b"{":
+            try:
+                d = json.loads(b)
+                return cls(str(d["reason"]), d.get("size"), d.get("mtime_ns"))
+            except (ValueError, KeyError, TypeError):
+                pass
+        return cls(b.decode(errors="replace"))  # written before the stamp was kept: a bare reason
+
+    def matches(self, st: os.stat_result) -> bool:
+        return self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
 
 
 @dataclass
@@ -285,11 +313,14 @@ class Store:
                 raise DatabaseError(f"write to {self.path} failed ({e}); the database is intact up to its last "
                                     f"committed batch: {what} run the same command again") from None
 
-    def put_meta(self, items: dict[str, bytes], clear: Iterable[str] = ()) -> None:
-        """Set ``meta`` keys and empty the sub-databases in ``clear`` (e.g. ``codes`` with a new codec), atomically."""
+    def put_meta(self, items: dict[str, bytes], clear: Iterable[str] = (), delete: Iterable[str] = ()) -> None:
+        """Set ``meta`` keys, remove those in ``delete`` and empty the sub-databases in ``clear`` (e.g. ``codes``
+        with a new codec), atomically."""
         def fn(txn):
             for name in clear:
                 txn.drop(self._dbs[name], delete=False)
+            for k in delete:
+                txn.delete(k.encode(), db=self._dbs["meta"])
             for k, v in items.items():
                 txn.put(k.encode(), v, db=self._dbs["meta"])
         self._write(fn)
@@ -342,13 +373,15 @@ class Store:
         ids = list(ids)
         self._write(lambda txn: [self._delete_in(txn, i) for i in ids])
 
-    def set_skipped(self, skipped: dict[str, str], clear: Iterable[str] = ()) -> None:
-        """Record ``{relative path: reason}`` for files that could not be indexed; forget those in ``clear``."""
+    def set_skipped(self, skipped: dict[str, SkipRecord | str], clear: Iterable[str] = ()) -> None:
+        """Record ``{relative path: SkipRecord (or a bare reason)}`` for files that could not be indexed; forget
+        those in ``clear``."""
         def fn(txn):
             for p in clear:
                 txn.delete(path_key(p), db=self._dbs["skipped"])
-            for p, reason in skipped.items():
-                txn.put(path_key(p), reason.encode(), db=self._dbs["skipped"])
+            for p, rec in skipped.items():
+                rec = rec if isinstance(rec, SkipRecord) else SkipRecord(rec)
+                txn.put(path_key(p), rec.to_bytes(), db=self._dbs["skipped"])
         self._write(fn)
 
     def heal(self, scan: Scan) -> None:
@@ -418,8 +451,13 @@ class Store:
             return {key_id(bytes(k)): len(v) for k, v in txn.cursor(db=self._dbs[name])}
 
     def skipped(self) -> dict[str, str]:
+        """``{relative path: reason}`` of the files that could not be indexed."""
+        return {p: r.reason for p, r in self.skip_records().items()}
+
+    def skip_records(self) -> dict[str, SkipRecord]:
         with self._reading() as txn:
-            return {os.fsdecode(bytes(k)): bytes(v).decode() for k, v in txn.cursor(db=self._dbs["skipped"])}
+            return {os.fsdecode(bytes(k)): SkipRecord.from_bytes(bytes(v))
+                    for k, v in txn.cursor(db=self._dbs["skipped"])}
 
     def iter_arrays(self, name: str, width: int, dtype: str, batch: int = 65536,
                     ids: list[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
