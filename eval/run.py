@@ -28,7 +28,7 @@ from .datasets import ClassificationDataset, RetrievalDataset, load_dataset
 from .model_table import html_section
 from .svm import LinearModel, classification_metric, decision, train_ovr
 
-PAPER_EXPERIMENTS = stress.PAPER_EXPERIMENTS
+PAPER_EXPERIMENTS = stress.PAPER_EXPERIMENTS  # defined once, in stress.py; cli/eval.py imports it from here
 EVAL_INDEXES = ("flat", "ivf", "hnsw")
 GRID_ONLY = {"model"}  # experiments that are not points of the stress grid
 
@@ -68,6 +68,12 @@ def compute_features(encoder: Encoder, paths: list[Path], bboxes: list | None = 
         i, reason = next(iter(sorted(got.skipped.items())))
         raise DatasetError(f"{paths[i]}: {reason}; a benchmark image must decode (re-extract the dataset)")
     return got.x
+
+
+# Version of what an image becomes (decoding, preprocessing, network, pooling), in the feature cache's keys: raise it
+# when descriptors change for the same EncoderConfig, so that `cached_features` recomputes them instead of reusing
+# stale ones (the cache is the only persisted artifact of `retr eval` with no version of its own).
+PIPELINE_VERSION = 1
 
 
 def cached_features(cache: Path | None, key: str, fn) -> np.ndarray:
@@ -174,7 +180,7 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
     efp = hashlib.sha256(json.dumps(enc_cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
     def feats(paths, name, bboxes=None):
-        key = f"{dataset}-{name}-{efp}-{dataset_fingerprint(paths, str(bboxes))}"
+        key = f"{dataset}-{name}-v{PIPELINE_VERSION}-{efp}-{dataset_fingerprint(paths, str(bboxes))}"
         return cached_features(cache, key, lambda: compute_features(enc, paths, bboxes, batch_size, workers,
                                                                     f"{dataset} {name}", progress))
 
@@ -194,17 +200,15 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
                                                              if codec_from == "neardup" else {}))
         if not isinstance(other, RetrievalDataset):
             raise ConfigError(f"--codec-from {codec_from}: learn the codec on a retrieval dataset's database")
-        key = f"{codec_from}-db-{efp}-{dataset_fingerprint(other.db_paths)}"
+        key = f"{codec_from}-db-v{PIPELINE_VERSION}-{efp}-{dataset_fingerprint(other.db_paths)}"
         fit_on = cached_features(cache, key, lambda: compute_features(enc, other.db_paths, None, batch_size, workers,
                                                                        f"{codec_from} db", progress))
-    # FC's sizes are the paper's (tenths of n), or tenths of what PCA supports when the training split is smaller
-    pca_max = min(xtr.shape[1], len(xtr) if fit_on is None else len(fit_on))
-    fc_dims = [p for p in stress.fc_grid(xtr.shape[1])[0] if p <= pca_max] or \
-        sorted({max(1, pca_max * k // 10) for k in range(1, 10)})
+    # stress.plan_grid fits DR-2 / FC sizes to what the training split supports, and names what it leaves out
     grid_experiments = tuple(e for e in experiments if e not in GRID_ONLY)
-    grid = stress.run_grid(xtr, xte, score_fn, experiments=grid_experiments, layer=enc_cfg.layer, reps=reps,
-                           levels=levels, pca_projection=pca_projection, cache_dir=out / "cache", progress=progress,
-                           fc_dims=fc_dims, fc_levels=levels, fit_on=fit_on)
+    plan = stress.plan_grid(xtr.shape[1], len(xtr) if fit_on is None else len(fit_on), grid_experiments, reps=reps,
+                            levels=levels, pca_projection=pca_projection, fc_levels=levels)
+    grid = stress.run_plan(plan, xtr, xte, score_fn, layer=enc_cfg.layer, cache_dir=out / "cache", progress=progress,
+                           fit_on=fit_on)
     manifest = report.build_manifest(dataset=dataset, root=str(root) if root else None, encoder=enc_cfg.to_dict(),
                                      dataset_fingerprint=dataset_fingerprint(all_paths), n_train=len(xtr),
                                      n_test=len(xte), seed=seed, experiments=list(experiments),

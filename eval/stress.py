@@ -24,6 +24,10 @@ Beyond the paper:
              nbits = 8), trained on xtr; opq first learns an OPQ rotation to min(n, 4M) dimensions (Faiss'
              OPQ{M}_{4M}) and scores the rotated reconstructions (inner products as in that space).
 
+run_grid = plan_grid (the points the shape of the data allows: PCA keeps at most min(n, m_tr) dimensions, PQ
+needs 2**nbits training vectors...; what is left out is named with its reason, never dropped silently) + run_plan
+(stress and score each planned point).
+
 Every point is cached as JSON under cache_dir/<experiment>/ as soon as it is scored; a rerun scores only
 the missing points. Points whose stressed features are bit-identical to an already scored pair (e.g. qb64
 with k <= 29 on float32 features, dr1 at p = n) reuse that score.
@@ -39,6 +43,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +165,8 @@ def _sort_key(p: Point) -> tuple:
 @dataclass
 class GridResult:
     """All points of one grid: layer name, n input dimensions, metric names (score_fn's keys), the baseline
-    (identity) scores, the points (identity included, in computation order) and the settings that made them.
+    (identity) scores, the points (identity included, in computation order), the settings that made them and
+    the experiments asked for that have no point, with the reason (skipped: {experiment: why}).
     """
 
     layer: str
@@ -169,6 +175,7 @@ class GridResult:
     baseline: dict[str, float]
     points: list[Point]
     settings: dict = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def experiments(self) -> list[str]:
@@ -179,20 +186,22 @@ class GridResult:
         return {
             "version": STRESS_VERSION, "layer": self.layer, "n": self.n,
             "metric_names": list(self.metric_names), "baseline": dict(self.baseline),
-            "points": [p.to_dict() for p in self.points], "settings": self.settings,
+            "points": [p.to_dict() for p in self.points], "settings": self.settings, "skipped": dict(self.skipped),
         }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GridResult:
         names = {"version", "layer", "n", "metric_names", "baseline", "points", "settings"}
-        if not isinstance(d, Mapping) or set(d) != names:
-            raise ConfigError(f"a stress result must have exactly the fields {', '.join(sorted(names))}")
+        # "skipped" came later within version 1: a result without it recorded no skipped experiment
+        if not isinstance(d, Mapping) or set(d) - {"skipped"} != names:
+            raise ConfigError(f"a stress result must have exactly the fields {', '.join(sorted(names | {'skipped'}))}")
         if d["version"] != STRESS_VERSION:
             raise ConfigError(f"stress result format {d['version']} is not {STRESS_VERSION}; rerun the grid")
         return cls(
             layer=d["layer"], n=int(d["n"]), metric_names=list(d["metric_names"]),
             baseline={str(k): float(v) for k, v in d["baseline"].items()},
             points=[Point.from_dict(p) for p in d["points"]], settings=dict(d["settings"]),
+            skipped={str(k): str(v) for k, v in d.get("skipped", {}).items()},
         )  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -280,17 +289,111 @@ def summary_table(
 # The grid
 
 
-@dataclass
-class _Task:
-    """One point to compute: its identity, and how to stress (xtr, xte) -> (xtr', xte', bytes per vector)."""
+@dataclass(frozen=True)
+class PlannedPoint:
+    """One point a plan will score: the Point it becomes and what to compute for it.
+
+    experiment: the name its Point carries ("dr1", "qb64", "q2-sigma", ...); key: its cache file name within the
+    experiment; kind: the transform, "identity" or an experiment's family ("dr1", "dr2", "q1", "q2", "qb64", "qb32",
+    "fc", "pq", "opq"); dims, levels, removed_bits, rep: as Point; range: the codec range of q1 / q2 / fc;
+    subquantizers: M of pq / opq.
+    """
 
     experiment: str
     key: str
+    kind: str
     dims: int
     levels: int | None = None
     removed_bits: int | None = None
     rep: int | None = None
-    stress: Callable[[], tuple[np.ndarray, np.ndarray, float]] | None = None
+    range: str | None = None
+    subquantizers: int | None = None
+
+
+@dataclass
+class GridPlan:
+    """Which points a grid scores, decided from the shape of the data alone (`plan_grid`), before any is computed.
+
+    n: input dimensions; m_fit: vectors the transforms are learnt on, so PCA keeps at most pca_max = min(n, m_fit)
+    dimensions. experiments: as asked, repeats removed. Sizes and levels of each family: dr1_sizes (largest
+    first), dr2_sizes (those PCA can keep), levels (h of q1 / q2), qb_bits (k of qb64 / qb32, None: all), fc_dims x
+    fc_levels, pq_bytes / opq_bytes (M of pq / opq) at pq_nbits bits per code. skipped: experiment asked for ->
+    why it has no point; adapted: experiment -> how its sizes were fitted to the data. points() lists them all.
+    """
+
+    n: int
+    m_fit: int
+    experiments: tuple[str, ...]
+    reps: int
+    pca_projection: str
+    ranges: dict[str, str]
+    dr1_sizes: tuple[int, ...]
+    dr2_sizes: tuple[int, ...]
+    levels: tuple[int, ...]
+    qb_bits: tuple[int, ...] | None
+    fc_dims: tuple[int, ...]
+    fc_levels: tuple[int, ...]
+    pq_bytes: tuple[int, ...]
+    opq_bytes: tuple[int, ...]
+    pq_nbits: int
+    skipped: dict[str, str] = field(default_factory=dict)
+    adapted: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pca_max(self) -> int:
+        return min(self.n, self.m_fit)
+
+    def points(self) -> list[PlannedPoint]:
+        """Identity first, then each experiment's points in the order they are scored (neighbours one after the
+        other: a warm-started score function sees similar features in turn)."""
+        n, proj = self.n, self.pca_projection
+        out = [PlannedPoint("identity", "identity", "identity", n)]
+        for name in self.experiments:
+            base, spec = _parse_experiment(name, self.ranges)
+            if base == "dr1":
+                out += [
+                    PlannedPoint(name, f"p{p}-r{r}", "dr1", p, rep=r) for p in self.dr1_sizes for r in range(self.reps)
+                ]
+            elif base == "dr2":
+                out += [PlannedPoint(name, f"p{p}-{proj}", "dr2", p) for p in self.dr2_sizes]
+            elif base in ("q1", "q2"):
+                out += [
+                    PlannedPoint(name, f"h{h}-{_slug(spec)}", base, n, levels=h, range=spec) for h in self.levels
+                ]
+            elif base in ("qb", "qb64", "qb32"):
+                for width in (64, 32) if base == "qb" else (int(base[2:]),):
+                    out += [
+                        PlannedPoint(f"qb{width}", f"k{k}", f"qb{width}", n, removed_bits=k)
+                        for k in _bits(self.qb_bits, width)
+                    ]
+            elif base == "fc":
+                out += [
+                    PlannedPoint(name, f"p{p}-h{h}-{proj}-{_slug(spec)}", "fc", p, levels=h, range=spec)
+                    for p in self.fc_dims
+                    for h in self.fc_levels
+                ]
+            else:  # pq, opq
+                for M in self.pq_bytes if base == "pq" else self.opq_bytes:
+                    d_out = None if base == "pq" else min(n, 4 * M)
+                    key = f"m{M}-b{self.pq_nbits}" + (f"-o{d_out}" if d_out else "")
+                    out.append(PlannedPoint(name, key, base, d_out or n, subquantizers=M))
+        return out
+
+    def settings(self) -> dict[str, Any]:
+        """The options of the grid, as GridResult.settings records them."""
+        return {
+            "version": STRESS_VERSION, "experiments": list(self.experiments), "reps": self.reps,
+            "dr1_seeds": list(range(self.reps)), "levels": list(self.levels), "dr_sizes": list(self.dr1_sizes),
+            "dr2_sizes": list(self.dr2_sizes), "fc_dims": list(self.fc_dims), "fc_levels": list(self.fc_levels),
+            "qb_bits": list(self.qb_bits) if self.qb_bits is not None else "all",
+            "pca_projection": self.pca_projection, "ranges": dict(self.ranges), "pq_bytes": list(self.pq_bytes),
+            "opq_bytes": list(self.opq_bytes), "pq_nbits": self.pq_nbits, "adapted": dict(self.adapted),
+        }  # fmt: skip
+
+
+def _bits(qb_bits: Sequence[int] | None, width: int) -> list[int]:
+    """The erased-bit counts k of a Q-B experiment on width-bit floats: all of 0..width, or those asked for."""
+    return list(range(width + 1)) if qb_bits is None else [k for k in qb_bits if 0 <= k <= width]
 
 
 def _parse_experiment(name: str, ranges: Mapping[str, str]) -> tuple[str, str]:
@@ -382,6 +485,262 @@ def _product_quantize(
     return pq.decode(pq.compute_codes(xtr)), pq.decode(pq.compute_codes(xte)), float(pq.code_size)
 
 
+def _ints(values: Sequence[int], what: str, lo: int, hi: int) -> tuple[int, ...]:
+    """values as ints, repeats removed (the first kept); a ConfigError naming `what` for one outside [lo, hi]."""
+    for v in values:
+        if not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+            raise ConfigError(f"stress {what} must be integers in [{lo}, {hi}], not {v!r}")
+    return tuple(dict.fromkeys(int(v) for v in values))
+
+
+def _steps(sizes: Sequence[int]) -> tuple[int, ...]:
+    """A default grid of sizes without repeats or zeros (those of a small n: dr1_sizes(16) ends 3, 2, 1, 0)."""
+    return tuple(dict.fromkeys(max(1, int(p)) for p in sizes))
+
+
+def _span(values: Sequence[int]) -> str:
+    """Sizes in a few words: "1, 2, 3" or "60, 57, ..., 3"."""
+    values = list(values)
+    if len(values) <= 4:
+        return ", ".join(str(v) for v in values)
+    return f"{values[0]}, {values[1]}, ..., {values[-1]}"
+
+
+def _pca_sizes(
+    asked: Sequence[int] | None, paper: Callable[[int], Sequence[int]], n: int, m_fit: int
+) -> tuple[tuple[int, ...], str | None, str | None]:
+    """(sizes, adapted note, skip reason) of a PCA experiment (dr2, fc): the sizes asked (default: paper(n)) that
+    PCA can keep, <= min(n, m_fit); when none of the default sizes is in reach, the same steps of min(n, m_fit)."""
+    pca_max = min(n, m_fit)
+    sizes = _steps(paper(n)) if asked is None else _ints(asked, "sizes", 1, n)
+    if not sizes:
+        return (), None, "no sizes given"
+    why = f"PCA keeps at most {pca_max} dimensions ({m_fit} training vectors, {n} input dimensions)"
+    kept = tuple(p for p in sizes if p <= pca_max)
+    if kept:
+        left = [p for p in sizes if p > pca_max]
+        return kept, (f"sizes {_span(left)} left out: {why}" if left else None), None
+    if asked is not None:
+        return (), None, f"{why}, fewer than every size asked ({_span(sizes)})"
+    steps = _steps(paper(pca_max))
+    note = f"{why}, fewer than the paper's sizes ({_span(sizes)}): the same steps of {pca_max} instead ({_span(steps)})"
+    return steps, note, None
+
+
+def plan_grid(
+    n: int,
+    m_fit: int,
+    experiments: Sequence[str] = PAPER_EXPERIMENTS,
+    *,
+    reps: int = 10,
+    levels: Sequence[int] = range(2, 31),
+    pca_projection: str = "centred",
+    dr_sizes: Sequence[int] | None = None,
+    fc_dims: Sequence[int] | None = None,
+    fc_levels: Sequence[int] | None = None,
+    qb_bits: Sequence[int] | None = None,
+    ranges: Mapping[str, str] = ROBUST_RANGES,
+    pq_bytes: Sequence[int] | None = None,
+    pq_nbits: int = 8,
+) -> GridPlan:
+    """The points of `experiments` (module doc) on n-dimensional features whose transforms are learnt on m_fit
+    vectors; the options as `run_grid`'s. Options of the experiments not asked for are not looked at.
+
+    What the data cannot support is left out, with its reason in the plan (skipped: the experiment has no point;
+    adapted: some of its sizes changed): PCA sizes (dr2, fc) above min(n, m_fit) are dropped, and when none of
+    the default sizes is in reach the same steps are taken of min(n, m_fit) instead (20 for dr2, 9 for fc); pq /
+    opq need >= 2**pq_nbits training vectors; opq keeps the M with min(n, 4M) <= OPQ_MAX_OUT. Mistakes in the
+    options themselves (an unknown experiment, a size outside [1, n], a PQ size that does not divide n) are
+    ConfigErrors. Repeated sizes or levels are planned once.
+    """
+    if pca_projection not in PCA_PROJECTIONS:
+        raise ConfigError(f"unknown pca_projection {pca_projection!r}; use centred or uncentred")
+    if not isinstance(reps, int) or reps < 1:
+        raise ConfigError(f"reps must be a positive integer, not {reps!r}")
+    names = tuple(dict.fromkeys(experiments))
+    family = {e: _parse_experiment(e, ranges)[0] for e in names}
+    asked = set(family.values())
+    skipped: dict[str, str] = {}
+    adapted: dict[str, str] = {}
+
+    def record(families: tuple[str, ...], note: str | None, skip: str | None) -> None:
+        for e in (e for e in names if family[e] in families):
+            if skip:
+                skipped[e] = skip
+            elif note:
+                adapted[e] = note
+
+    dr1 = dr2 = q_levels = fcd = fcl = pq_ms = opq_ms = ()
+    if asked & {"dr1", "dr2"}:
+        dr1 = _steps(dr1_sizes(n)) if dr_sizes is None else _ints(dr_sizes, "sizes", 1, n)
+        record(("dr1",), None, None if dr1 else "no sizes given")
+    if "dr2" in asked:
+        dr2, note, skip = _pca_sizes(None if dr_sizes is None else dr1, dr1_sizes, n, m_fit)
+        record(("dr2",), note, skip)
+    if asked & {"q1", "q2"}:
+        q_levels = _ints(levels, "levels", 1, codec.MAX_LEVELS)
+        record(("q1", "q2"), None, None if q_levels else "no levels given")
+    bits = None if qb_bits is None else tuple(dict.fromkeys(int(k) for k in qb_bits))
+    for e in (e for e in names if family[e] in ("qb", "qb64", "qb32")):
+        for width in (64, 32) if e == "qb" else (int(e[2:]),):
+            if not _bits(bits, width):
+                skipped[f"qb{width}"] = f"no number of removed bits in [0, {width}] among those asked ({_span(bits)})"
+    if "fc" in asked:
+        fcl = _ints(fc_levels if fc_levels is not None else fc_grid(n)[1], "levels", 1, codec.MAX_LEVELS)
+        fcd, note, skip = _pca_sizes(fc_dims, lambda k: fc_grid(k)[0], n, m_fit)
+        record(("fc",), note, skip or (None if fcl else "no levels given"))
+    if asked & {"pq", "opq"}:
+        if pq_bytes is None:
+            pq_ms = tuple(M for M in PQ_DEFAULT_BYTES if n % M == 0)
+        else:
+            bad = [M for M in pq_bytes if not (isinstance(M, (int, np.integer)) and 1 <= M <= n and n % M == 0)]
+            if bad:
+                raise ConfigError(f"PQ sub-quantizer counts {bad} do not divide the {n} dimensions")
+            pq_ms = tuple(dict.fromkeys(int(M) for M in pq_bytes))
+        opq_ms = tuple(M for M in pq_ms if min(n, 4 * M) <= OPQ_MAX_OUT)
+        if m_fit < 1 << pq_nbits:
+            pq_ms = opq_ms = ()
+            record(("pq", "opq"), None, f"{pq_nbits}-bit codes train {1 << pq_nbits} centroids per sub-quantizer, "
+                                        f"from >= {1 << pq_nbits} training vectors; there are {m_fit}")
+        elif not pq_ms:
+            record(("pq", "opq"), None, f"no default size M in {PQ_DEFAULT_BYTES} divides the {n} dimensions")
+        elif not opq_ms:
+            record(("opq",), None, f"every M makes OPQ's output min(n, 4M) larger than {OPQ_MAX_OUT} dimensions")
+        elif len(opq_ms) < len(pq_ms):
+            left = [M for M in pq_ms if M not in opq_ms]
+            record(("opq",), f"M = {_span(left)} left out: OPQ's output min(n, 4M) is capped at {OPQ_MAX_OUT}", None)
+    return GridPlan(
+        n=n, m_fit=m_fit, experiments=names, reps=reps, pca_projection=pca_projection, ranges=dict(ranges),
+        dr1_sizes=dr1, dr2_sizes=dr2, levels=q_levels, qb_bits=bits, fc_dims=fcd, fc_levels=fcl, pq_bytes=pq_ms,
+        opq_bytes=opq_ms, pq_nbits=pq_nbits, skipped=skipped, adapted=adapted,
+    )  # fmt: skip
+
+
+class _Stressor:
+    """The stressed (training, test) features of planned points and their bytes per vector.
+
+    xtr, xte as given (Q-B erases bits of their own dtype's float64 values); every other transform works on float32
+    copies and is learnt on x32fit. The PCA of dr2 / fc is fitted once (all axes), when a point first needs it."""
+
+    def __init__(self, xtr: np.ndarray, xte: np.ndarray, x32fit: np.ndarray | None, plan: GridPlan):
+        self.xtr, self.xte = xtr, xte
+        self.x32tr, self.x32te = xtr.astype(np.float32), xte.astype(np.float32)
+        self.x32fit = self.x32tr if x32fit is None else x32fit
+        self.plan = plan
+        self._pca: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def projected(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(training, test, fitting) features projected on the PCA axes learnt on the fitting features."""
+        if self._pca is None:
+            n = self.plan.n
+            params = codec.fit(self.x32fit, codec.CodecConfig(reduction="pca", dims=n, quantizer="none"))
+            xs = (self.x32tr, self.x32te, self.x32fit)
+            if self.plan.pca_projection == "centred":
+                self._pca = tuple(codec.reduce(params, x) for x in xs)
+            else:
+                self._pca = tuple(x @ params.components.T for x in xs)
+        return self._pca
+
+    def __call__(self, pt: PlannedPoint) -> tuple[np.ndarray, np.ndarray, float]:
+        n, p, kind = self.plan.n, pt.dims, pt.kind
+        x32tr, x32te, x32fit = self.x32tr, self.x32te, self.x32fit
+        if kind == "identity":
+            return x32tr, x32te, 4.0 * n
+        if kind == "dr1":
+            params = codec.fit(x32fit, codec.CodecConfig(reduction="dr1", dims=p, quantizer="none", seed=pt.rep))
+            return codec.reduce(params, x32tr), codec.reduce(params, x32te), 4.0 * p
+        if kind == "dr2":
+            ytr, yte, _ = self.projected()
+            return ytr[:, :p], yte[:, :p], 4.0 * p
+        if kind in ("q1", "q2"):
+            cfg = codec.CodecConfig(reduction="none", quantizer=kind, levels=pt.levels, range=pt.range)
+            return _quantize(x32tr, x32te, cfg, x32fit)
+        if kind in ("qb64", "qb32"):
+            width, k = int(kind[2:]), pt.removed_bits
+            return erase_bits(self.xtr, k, width), erase_bits(self.xte, k, width), (width - k) / 8 * n
+        if kind == "fc":
+            ytr, yte, yfit = self.projected()
+            cfg = codec.CodecConfig(reduction="none", quantizer="q2", levels=pt.levels, range=pt.range)
+            return _quantize(ytr[:, :p], yte[:, :p], cfg, yfit[:, :p])
+        d_out = None if kind == "pq" else p
+        return _product_quantize(x32tr, x32te, pt.subquantizers, self.plan.pq_nbits, d_out, x32fit)
+
+
+def run_plan(
+    plan: GridPlan,
+    xtr: np.ndarray,
+    xte: np.ndarray,
+    score_fn: ScoreFn,
+    *,
+    layer: str = "fc7",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    cache_tag: str = "",
+    fit_on: np.ndarray | None = None,
+) -> GridResult:
+    """Score every point of `plan` (identity first) on xtr (m_tr, n), xte (m_te, n), transforms learnt on fit_on
+    (default xtr), as `run_grid`; the plan's skipped experiments go into the result with their reasons, and, with
+    progress, to stderr with the grid's tqdm bar."""
+    xtr, xte = np.asarray(xtr), np.asarray(xte)
+    if xtr.ndim != 2 or xte.ndim != 2 or xtr.shape[1] != xte.shape[1] or not len(xtr) or not len(xte):
+        raise ValueError(f"xtr and xte must be non-empty (m, n) arrays, got {xtr.shape} and {xte.shape}")
+    if not (np.isfinite(xtr).all() and np.isfinite(xte).all()):
+        raise ValueError("stress features contain NaN or inf")
+    if fit_on is not None and (fit_on.ndim != 2 or fit_on.shape[1] != xtr.shape[1] or not len(fit_on)):
+        raise ValueError(f"fit_on must be a non-empty (m, {xtr.shape[1]}) array, got {fit_on.shape}")
+    # transforms are learnt on x32fit: the training split, or another dataset's descriptors (--codec-from)
+    x32fit = None if fit_on is None else np.asarray(fit_on, np.float32)
+    m_fit = len(xtr if fit_on is None else fit_on)
+    if (plan.n, plan.m_fit) != (xtr.shape[1], m_fit):
+        raise ValueError(f"the plan is for {plan.m_fit} x {plan.n} fitting features, not {m_fit} x {xtr.shape[1]}")
+    n = plan.n
+    stress = _Stressor(xtr, xte, x32fit, plan)
+    planned = plan.points()
+    fingerprint = _fingerprint(xtr, xte, cache_tag, x32fit)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    memo: dict[str, dict[str, float]] = {}
+    points: list[Point] = []
+    metric_names: list[str] | None = None
+    from tqdm import tqdm
+
+    if progress:  # before the bar, which would redraw around each line
+        for e, why in plan.adapted.items():
+            print(f"stress {layer}: {e}: {why}", file=sys.stderr)
+        for e, why in plan.skipped.items():
+            print(f"stress {layer}: {e} skipped: {why}", file=sys.stderr)
+    with tqdm(total=len(planned), desc=f"stress {layer}", disable=not progress, unit="pt") as bar:
+        for task in planned:
+            bar.set_postfix_str(f"{task.experiment} {task.key}", refresh=False)
+            path = cache / task.experiment / f"{task.key}-{fingerprint[:16]}.json" if cache else None
+            point = _read_cached(path, fingerprint) if path else None
+            if point is None:
+                a, b, nbytes = stress(task)
+                a, b = l2_normalize(a), l2_normalize(b)
+                digest = _digest(a, b)
+                if digest not in memo:
+                    memo[digest] = _check_scores(score_fn(a, b), metric_names)
+                point = Point(
+                    experiment=task.experiment, dims=task.dims, levels=task.levels,
+                    removed_bits=task.removed_bits, rep=task.rep, scores=dict(memo[digest]),
+                    bytes_per_vector=float(nbytes), compression=1.0 - float(nbytes) / (4.0 * n),
+                )  # fmt: skip
+                if path:
+                    entry = {"version": STRESS_VERSION, "fingerprint": fingerprint, "point": point.to_dict()}
+                    _write_json(path, entry)
+            if metric_names is None:
+                metric_names = list(point.scores)
+            points.append(point)
+            bar.update()
+
+    settings = {
+        **plan.settings(), "normalization": "l2 after stressing", "sd": "sample (ddof=1)", "m_train": len(xtr),
+        "m_test": len(xte), "m_fit": m_fit, "fit_on": "train" if fit_on is None else "other", "cache_tag": cache_tag,
+        "fingerprint": fingerprint,
+    }  # fmt: skip
+    baseline = dict(points[0].scores)
+    return GridResult(layer, n, list(baseline), baseline, points, settings, skipped=dict(plan.skipped))
+
+
 def run_grid(
     xtr: np.ndarray,
     xte: np.ndarray,
@@ -404,179 +763,37 @@ def run_grid(
     cache_tag: str = "",
     fit_on: np.ndarray | None = None,
 ) -> GridResult:
-    """Score the identity and every point of `experiments` (module doc) and return them all.
+    """Score the identity and every point of `experiments` (module doc) and return them all: `plan_grid` on the
+    shape of the data, then `run_plan`.
 
     xtr (m_tr, n), xte (m_te, n) float features: training / test vectors for classification, database /
-    query descriptors for retrieval; every transform is fitted on xtr. score_fn(xtr', xte') gets the
-    stressed, L2-normalised float32 features and returns {metric name: score in 0-100}, the same names at
-    every point. layer: a label stored in the result.
+    query descriptors for retrieval; every transform is fitted on xtr, or on fit_on (m_fit, n) if given.
+    score_fn(xtr', xte') gets the stressed, L2-normalised float32 features and returns {metric name: score in
+    0-100}, the same names at every point. layer: a label stored in the result.
     Grid options: reps (dr1 repetitions); levels (h of q1 / q2); dr_sizes (dr1 / dr2 sizes, default
-    dr1_sizes(n); PCA sizes beyond min(n, m_tr) are dropped); fc_dims, fc_levels (default fc_grid(n));
-    qb_bits (k of qb64 and qb32, default all, those above 32 skipped for qb32); ranges (name -> codec
+    dr1_sizes(n); PCA sizes beyond min(n, m_fit) are dropped, see plan_grid); fc_dims, fc_levels (default
+    fc_grid(n)); qb_bits (k of qb64 and qb32, default all, those above 32 skipped for qb32); ranges (name -> codec
     range of the "-name" experiments); pq_bytes (M of pq / opq, each dividing n; default PQ_DEFAULT_BYTES
     that divide n; opq keeps those with min(n, 4M) <= OPQ_MAX_OUT); pq_nbits (bits per PQ code, the
     training set needs >= 2**pq_nbits vectors). At 8 bits M is the bytes per vector: the FC points of
     equal size are those with ceil(p ceil(log2 h) / 8) = M, e.g. 256 bytes = 409 dims at h = 17..32 or
-    2048 dims at h = 2 for n = 4096.
+    2048 dims at h = 2 for n = 4096. An experiment the data cannot support is skipped, with its reason in
+    GridResult.skipped (and on stderr with progress).
     cache_dir: each point is stored in cache_dir/<experiment>/<key>-<fingerprint>.json as soon as it is
     scored and reused by later runs on the same xtr, xte and cache_tag (name the score function in
     cache_tag when one cache serves several tasks). progress: a tqdm bar on stderr.
     """
-    xtr, xte = np.asarray(xtr), np.asarray(xte)
-    if xtr.ndim != 2 or xte.ndim != 2 or xtr.shape[1] != xte.shape[1] or not len(xtr) or not len(xte):
-        raise ValueError(f"xtr and xte must be non-empty (m, n) arrays, got {xtr.shape} and {xte.shape}")
-    if not (np.isfinite(xtr).all() and np.isfinite(xte).all()):
-        raise ValueError("stress features contain NaN or inf")
-    if pca_projection not in PCA_PROJECTIONS:
-        raise ConfigError(f"unknown pca_projection {pca_projection!r}; use centred or uncentred")
-    if not isinstance(reps, int) or reps < 1:
-        raise ConfigError(f"reps must be a positive integer, not {reps!r}")
-    if fit_on is not None and (fit_on.ndim != 2 or fit_on.shape[1] != xtr.shape[1] or not len(fit_on)):
-        raise ValueError(f"fit_on must be a non-empty (m, {xtr.shape[1]}) array, got {fit_on.shape}")
-    x32tr, x32te = xtr.astype(np.float32), xte.astype(np.float32)
-    # transforms are learnt on x32fit: the training split, or another dataset's descriptors (--codec-from)
-    x32fit = x32tr if fit_on is None else np.asarray(fit_on, np.float32)
-    m_tr, n = x32fit.shape
-    names = list(dict.fromkeys(e for e in experiments))
-    parsed = {e: _parse_experiment(e, ranges) for e in names}
-    sizes = list(dr_sizes) if dr_sizes is not None else dr1_sizes(n)
-    default_fc_dims, default_fc_levels = fc_grid(n)
-    fc_dims = list(fc_dims) if fc_dims is not None else default_fc_dims
-    fc_levels = list(fc_levels) if fc_levels is not None else default_fc_levels
-    levels = list(levels)
-    for p in sizes + fc_dims:
-        if not isinstance(p, (int, np.integer)) or not 1 <= p <= n:
-            raise ConfigError(f"stress sizes must be integers in [1, {n}], not {p!r}")
-    for h in levels + fc_levels:
-        if not isinstance(h, (int, np.integer)) or not 1 <= h <= codec.MAX_LEVELS:
-            raise ConfigError(f"stress levels must be integers in [1, {codec.MAX_LEVELS}], not {h!r}")
-    pca_max = min(n, m_tr)
-    pq_ms = list(pq_bytes) if pq_bytes is not None else [M for M in PQ_DEFAULT_BYTES if n % M == 0]
-    if any(e in ("pq", "opq") for e, _ in parsed.values()):
-        if m_tr < 1 << pq_nbits:
-            raise ConfigError(
-                f"PQ with {pq_nbits}-bit codes needs >= {1 << pq_nbits} training vectors; lower pq_nbits"
-            )
-        bad = [M for M in pq_ms if not (isinstance(M, (int, np.integer)) and 1 <= M <= n and n % M == 0)]
-        if bad:
-            raise ConfigError(f"PQ sub-quantizer counts {bad} do not divide the {n} dimensions")
-    opq_ms = [M for M in pq_ms if min(n, 4 * M) <= OPQ_MAX_OUT]
-
-    # PCA for dr2 / fc, fitted once (all axes) and only if a point needs it
-    pca_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def projected() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(training, test, fitting) features projected on the PCA axes learnt on the fitting features."""
-        if not pca_cache:
-            params = codec.fit(x32fit, codec.CodecConfig(reduction="pca", dims=n, quantizer="none"))
-            if pca_projection == "centred":
-                pca_cache["y"] = tuple(codec.reduce(params, x) for x in (x32tr, x32te, x32fit))
-            else:
-                pca_cache["y"] = tuple(x @ params.components.T for x in (x32tr, x32te, x32fit))
-        return pca_cache["y"]
-
-    tasks = [_Task("identity", "identity", n, stress=lambda: (x32tr, x32te, 4.0 * n))]
-    for name in names:
-        base, spec = parsed[name]
-        if base == "dr1":
-            for p in sizes:
-                for r in range(reps):
-                    cfg = codec.CodecConfig(reduction="dr1", dims=int(p), quantizer="none", seed=r)
-
-                    def stress(cfg=cfg, p=p):
-                        params = codec.fit(x32fit, cfg)
-                        return codec.reduce(params, x32tr), codec.reduce(params, x32te), 4.0 * p
-
-                    tasks.append(_Task(name, f"p{p}-r{r}", int(p), rep=r, stress=stress))
-        elif base == "dr2":
-            for p in (p for p in sizes if p <= pca_max):
-
-                def stress(p=p):
-                    ytr, yte, _ = projected()
-                    return ytr[:, :p], yte[:, :p], 4.0 * p
-
-                tasks.append(_Task(name, f"p{p}-{pca_projection}", int(p), stress=stress))
-        elif base in ("q1", "q2"):
-            for h in levels:
-                cfg = codec.CodecConfig(reduction="none", quantizer=base, levels=int(h), range=spec)
-
-                def stress(cfg=cfg):
-                    return _quantize(x32tr, x32te, cfg, x32fit)
-
-                tasks.append(_Task(name, f"h{h}-{_slug(spec)}", n, levels=int(h), stress=stress))
-        elif base in ("qb", "qb64", "qb32"):
-            for width in (64, 32) if base == "qb" else (int(base[2:]),):
-                ks = list(qb_bits) if qb_bits is not None else range(width + 1)
-                for k in (k for k in ks if 0 <= k <= width):
-
-                    def stress(k=k, width=width):
-                        return erase_bits(xtr, k, width), erase_bits(xte, k, width), (width - k) / 8 * n
-
-                    tasks.append(_Task(f"qb{width}", f"k{k}", n, removed_bits=int(k), stress=stress))
-        elif base == "fc":
-            for p in (p for p in fc_dims if p <= pca_max):
-                for h in fc_levels:
-                    cfg = codec.CodecConfig(reduction="none", quantizer="q2", levels=int(h), range=spec)
-
-                    def stress(p=p, cfg=cfg):
-                        ytr, yte, yfit = projected()
-                        return _quantize(ytr[:, :p], yte[:, :p], cfg, yfit[:, :p])
-
-                    key = f"p{p}-h{h}-{pca_projection}-{_slug(spec)}"
-                    tasks.append(_Task(name, key, int(p), levels=int(h), stress=stress))
-        else:  # pq, opq
-            for M in pq_ms if base == "pq" else opq_ms:
-                d_out = None if base == "pq" else min(n, 4 * M)
-                key = f"m{M}-b{pq_nbits}" + (f"-o{d_out}" if d_out else "")
-
-                def stress(M=M, d_out=d_out):
-                    return _product_quantize(x32tr, x32te, int(M), pq_nbits, d_out, x32fit)
-
-                tasks.append(_Task(name, key, d_out or n, stress=stress))
-
-    fingerprint = _fingerprint(xtr, xte, cache_tag, None if fit_on is None else x32fit)
-    cache = Path(cache_dir) if cache_dir is not None else None
-    memo: dict[str, dict[str, float]] = {}
-    points: list[Point] = []
-    metric_names: list[str] | None = None
-    from tqdm import tqdm
-
-    with tqdm(total=len(tasks), desc=f"stress {layer}", disable=not progress, unit="pt") as bar:
-        for task in tasks:
-            bar.set_postfix_str(f"{task.experiment} {task.key}", refresh=False)
-            path = cache / task.experiment / f"{task.key}-{fingerprint[:16]}.json" if cache else None
-            point = _read_cached(path, fingerprint) if path else None
-            if point is None:
-                a, b, nbytes = task.stress()
-                a, b = l2_normalize(a), l2_normalize(b)
-                digest = _digest(a, b)
-                if digest not in memo:
-                    memo[digest] = _check_scores(score_fn(a, b), metric_names)
-                point = Point(
-                    experiment=task.experiment, dims=task.dims, levels=task.levels,
-                    removed_bits=task.removed_bits, rep=task.rep, scores=dict(memo[digest]),
-                    bytes_per_vector=float(nbytes), compression=1.0 - float(nbytes) / (4.0 * n),
-                )  # fmt: skip
-                if path:
-                    entry = {"version": STRESS_VERSION, "fingerprint": fingerprint, "point": point.to_dict()}
-                    _write_json(path, entry)
-            if metric_names is None:
-                metric_names = list(point.scores)
-            points.append(point)
-            bar.update()
-
-    settings = {
-        "version": STRESS_VERSION, "experiments": names, "reps": reps, "dr1_seeds": list(range(reps)),
-        "levels": levels, "dr_sizes": [int(p) for p in sizes], "fc_dims": [int(p) for p in fc_dims],
-        "fc_levels": [int(h) for h in fc_levels],
-        "qb_bits": list(qb_bits) if qb_bits is not None else "all", "pca_projection": pca_projection,
-        "ranges": dict(ranges), "pq_bytes": [int(M) for M in pq_ms], "opq_bytes": [int(M) for M in opq_ms],
-        "pq_nbits": pq_nbits, "normalization": "l2 after stressing", "sd": "sample (ddof=1)",
-        "m_train": len(xtr), "m_test": len(xte), "m_fit": m_tr,
-        "fit_on": "train" if fit_on is None else "other", "cache_tag": cache_tag, "fingerprint": fingerprint,
-    }  # fmt: skip
-    baseline = dict(points[0].scores)
-    return GridResult(layer, n, list(baseline), baseline, points, settings)
+    xtr = np.asarray(xtr)
+    if xtr.ndim != 2:
+        raise ValueError(f"xtr and xte must be non-empty (m, n) arrays, got {xtr.shape} and {np.shape(xte)}")
+    m_fit = len(xtr) if fit_on is None or np.ndim(fit_on) != 2 else len(fit_on)
+    plan = plan_grid(
+        xtr.shape[1], m_fit, experiments, reps=reps, levels=levels, pca_projection=pca_projection,
+        dr_sizes=dr_sizes, fc_dims=fc_dims, fc_levels=fc_levels, qb_bits=qb_bits, ranges=ranges,
+        pq_bytes=pq_bytes, pq_nbits=pq_nbits,
+    )  # fmt: skip
+    return run_plan(plan, xtr, xte, score_fn, layer=layer, cache_dir=cache_dir, progress=progress,
+                    cache_tag=cache_tag, fit_on=fit_on)  # fmt: skip
 
 
 def _check_scores(scores: Any, names: list[str] | None) -> dict[str, float]:

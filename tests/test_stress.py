@@ -8,12 +8,14 @@ import pytest
 
 from retr.eval.metrics import average_precision
 from retr.eval.stress import (
+    PAPER_EXPERIMENTS,
     GridResult,
     Point,
     dr1_sizes,
     erase_bits,
     fc_grid,
     l2_normalize,
+    plan_grid,
     run_grid,
     summary_table,
 )
@@ -137,7 +139,7 @@ SMALL = dict(
 )  # fmt: skip
 
 
-def run(experiments=("dr1", "dr2", "q1", "q2", "qb", "fc"), fn=score, **kw):
+def run(experiments=PAPER_EXPERIMENTS, fn=score, **kw):
     return run_grid(XTR, XTE, fn, experiments, **{**SMALL, **kw})
 
 
@@ -258,10 +260,93 @@ def test_bad_grids_are_config_errors():
         run(("dr1-sigma",))
     with pytest.raises(ConfigError, match="divide"):
         run(("pq",), pq_bytes=[5], pq_nbits=4)
-    with pytest.raises(ConfigError, match="training vectors"):
-        run(("pq",), pq_bytes=[4], pq_nbits=9)
     with pytest.raises(ConfigError, match="pca_projection"):
         run(("dr2",), pca_projection="whitened")
+    with pytest.raises(ConfigError, match=r"sizes must be integers in \[1, 32\], not 0"):
+        run(("dr1",), dr_sizes=[8, 0])
+    with pytest.raises(ConfigError, match=r"levels must be integers in \[1, 65536\], not 0"):
+        run(("fc",), fc_levels=[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planning: what the data allows
+
+
+def test_plan_of_the_paper_grid_is_unchanged_when_the_data_allows_it():
+    plan = plan_grid(4096, 5011)
+    assert plan.experiments == PAPER_EXPERIMENTS and not plan.skipped and not plan.adapted
+    assert plan.dr1_sizes == plan.dr2_sizes == tuple(dr1_sizes(4096))
+    assert (list(plan.fc_dims), list(plan.fc_levels)) == fc_grid(4096) and plan.levels == tuple(range(2, 31))
+    pts = plan.points()
+    # identity, dr1 20 x 10, dr2 20, q1 / q2 29 each, qb64 65, qb32 33, fc 261 (bench/stress.py's 638 points)
+    assert len(pts) == 1 + 200 + 20 + 58 + 98 + 261
+    assert [p.key for p in pts[:3]] == ["identity", "p4096-r0", "p4096-r1"]
+    assert {p.key for p in pts if p.experiment == "fc"} >= {"p409-h2-centred-minmax", "p3686-h30-centred-minmax"}
+
+
+def test_dr2_adapts_its_steps_to_what_pca_can_keep():
+    """retr eval synthetic: 60 database images of 1280 dims. The paper's DR-2 sizes (64..1280) are all out of PCA's
+    reach (60 dims): DR-2 takes the same 20 steps of 60 instead of silently scoring nothing; DR-1 is unchanged."""
+    plan = plan_grid(1280, 60, ("dr1", "dr2", "fc"))
+    assert plan.dr1_sizes == tuple(dr1_sizes(1280))
+    assert plan.dr2_sizes == tuple(dr1_sizes(60)) and plan.dr2_sizes[:3] == (60, 57, 54) and plan.dr2_sizes[-1] == 3
+    assert plan.fc_dims == (6, 12, 18, 24, 30, 36, 42, 48, 54)  # tenths of 60, as retr eval always did
+    assert "PCA keeps at most 60 dimensions (60 training vectors" in plan.adapted["dr2"]
+    assert "fc" in plan.adapted and not plan.skipped
+    # neardup: 8 database images; the steps of 8 without repeats
+    assert plan_grid(1280, 8, ("dr2",)).dr2_sizes == (8, 7, 6, 5, 4, 3, 2, 1)
+    # some of the paper's sizes in reach: those, and the others named
+    some = plan_grid(100, 50, ("dr2",))
+    assert some.dr2_sizes == (50, 45, 40, 35, 30, 25, 20, 15, 10, 5)
+    assert some.adapted["dr2"].startswith("sizes 100, 95, ..., 55 left out: PCA keeps at most 50")
+    # sizes asked for explicitly are never replaced: none in reach is a skip with its reason
+    assert plan_grid(100, 50, ("dr2",), dr_sizes=[80, 60]).skipped == {
+        "dr2": "PCA keeps at most 50 dimensions (50 training vectors, 100 input dimensions), fewer than every size "
+        "asked (80, 60)"
+    }
+
+
+def test_few_dimensions_run_without_and_with_dr():
+    """16-dim features: the 20 DR steps collapse (16 * 1 // 20 = 0); a grid without DR must not even look at them,
+    and one with DR takes the distinct nonzero sizes, each with its own repetitions."""
+    x16, xq16 = XTR[:, :16], XTE[:, :16]
+    assert [p.experiment for p in run_grid(x16, xq16, score, ("q2",), levels=[2], progress=False).points] == [
+        "identity",
+        "q2",
+    ]
+    r = run_grid(x16, xq16, score, ("dr1", "dr2"), reps=2, progress=False)
+    assert [p.dims for p in r.aggregate("dr1")] == list(range(1, 17))
+    assert all(row["reps"] == 2 for row in r.table("dr1", "map"))
+    assert [p.dims for p in r.aggregate("dr2")] == list(range(1, 17)) and not r.skipped
+
+
+def test_what_the_data_cannot_support_is_skipped_with_its_reason(capsys):
+    def mean_score(a, b):
+        return {"map": float(np.mean(b @ a.T))}
+
+    r = run_grid(XTR[:20], XTE, mean_score, ("q2", "pq", "qb32", "dr2"), levels=[2], qb_bits=[40], pq_bytes=[4],
+                 dr_sizes=[32, 24], progress=True)  # fmt: skip
+    assert r.experiments == ["identity", "q2"]
+    assert r.skipped["pq"] == (
+        "8-bit codes train 256 centroids per sub-quantizer, from >= 256 training vectors; there are 20"
+    )
+    assert r.skipped["qb32"] == "no number of removed bits in [0, 32] among those asked (40)"
+    assert r.skipped["dr2"].startswith("PCA keeps at most 20 dimensions (20 training vectors, 32 input dimensions)")
+    err = capsys.readouterr().err
+    assert "stress fc7: pq skipped: 8-bit codes" in err and "stress fc7: qb32 skipped" in err
+    assert GridResult.from_dict(json.loads(json.dumps(r.to_dict()))).skipped == r.skipped
+    # a result written before skipped experiments were recorded still loads, with none
+    old = {k: v for k, v in r.to_dict().items() if k != "skipped"}
+    assert GridResult.from_dict(old).skipped == {}
+
+
+def test_opq_sizes_beyond_its_output_cap_are_named():
+    plan = plan_grid(1280, 5000, ("pq", "opq"))
+    assert plan.pq_bytes == (8, 16, 32, 64, 128, 256) and plan.opq_bytes == (8, 16, 32, 64, 128)
+    assert plan.adapted == {"opq": "M = 256 left out: OPQ's output min(n, 4M) is capped at 512"}
+    assert plan_grid(100, 5000, ("pq",)).skipped == {
+        "pq": "no default size M in (8, 16, 32, 64, 128, 256) divides the 100 dimensions"
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
