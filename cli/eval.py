@@ -8,8 +8,8 @@ from .main import main
 from .options import ENCODER_OPTIONS, RUN_OPTIONS, encoder_config
 
 # the benchmark names, as eval/datasets.py registers them (listed here so that `retr --help` imports no dataset code;
-# tests/test_cli_contract.py checks that the two lists agree)
-DATASET_NAMES = ("oxford5k", "paris6k", "roxford5k", "rparis6k", "holidays", "voc2007", "mit67", "food101",
+# tests/test_contract.py checks that the two lists agree)
+DATASET_NAMES = ("oxford5k", "paris6k", "roxford5k", "rparis6k", "voc2007", "holidays", "mit67", "food101",
                  "neardup", "synthetic", "synthetic-cls")
 DEFAULT_EXPERIMENTS = "dr1,dr2,q1,q2,qb,fc"  # eval.stress.PAPER_EXPERIMENTS (checked by the same test)
 

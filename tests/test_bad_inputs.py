@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retr.retrieval import engine, store as store_mod
+from retr.retrieval import describe as describe_mod, engine, store as store_mod
+from retr.retrieval.database import read_params
 from retr.retrieval.errors import DatabaseError
 from retr.retrieval.images import printable
 from retr.retrieval.store import FORMAT_VERSION, Store
 from conftest import run
 
 FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--dims", "8", "--device", "cpu",
-        "--max-size", "64", "--batch-size", "4"]
+        "--max-size", "64", "--batch-size", "4", "--freeze"]
 NON_UTF8 = os.fsdecode(b"caf\xe9 \xff.png")  # not valid UTF-8: a str with lone surrogates
 AS_ROOT = os.geteuid() == 0
 
@@ -117,7 +118,7 @@ def index_bad_folder(tmp: Path, monkeypatch: pytest.MonkeyPatch):
     """``make_folder`` in ``tmp``, indexed once with two files deleted mid-run; (root, db, good, bad, report)."""
     root = tmp / "photos"
     good, bad = make_folder(root)
-    real_walk, real_decode = engine.walk_images, engine.iter_decoded
+    real_walk, real_decode = engine.walk_images, describe_mod.iter_decoded
 
     def walk_then_delete(folder):
         out = real_walk(folder)
@@ -129,7 +130,7 @@ def index_bad_folder(tmp: Path, monkeypatch: pytest.MonkeyPatch):
         return real_decode(paths, **kw)
 
     monkeypatch.setattr(engine, "walk_images", walk_then_delete)
-    monkeypatch.setattr(engine, "iter_decoded", delete_then_decode)
+    monkeypatch.setattr(describe_mod, "iter_decoded", delete_then_decode)
     db = tmp / "photos.retr"
     r = run("index", root, "--db", db, *FAST, "--json")
     assert r.exit_code == 0, r.output
@@ -168,7 +169,7 @@ def test_convertible_images_and_the_first_gif_frame_are_indexed(indexed):
     root, db, good, _, _ = indexed
     with Store(db) as s:
         files = s.files()
-        params = engine._stored_codec(s)
+        params = read_params(s)
         ids, codes = s.read_all("codes", params.code_size, "u1")
     code = dict(zip(ids.tolist(), codes))
     # the GIF is indexed as its first frame: same pixels as anim_frame0.png, so the same code

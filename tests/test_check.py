@@ -32,7 +32,7 @@ def base(tmp_path_factory):
     for i in range(N):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(photos / f"{i:02d}.png")
     db = tmp / "base.retr"
-    r = run("index", photos, "--db", db, *FAST)
+    r = run("index", photos, "--db", db, *FAST, "--freeze")  # a frozen codec: no float32 descriptors kept
     assert r.exit_code == 0, r.output
     return photos, db
 

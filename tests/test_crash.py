@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from retr.retrieval import engine
+from retr.retrieval.database import fingerprint, read_params
 from retr.retrieval.check import check
 from retr.retrieval.errors import DatabaseError
 from retr.retrieval.store import TXN_DELAY_ENV, Store
@@ -38,7 +39,7 @@ KILLS_PER_PHASE = 7  # in each of encoding, fitting, coding; plus a few anywhere
 KILLS_ANYWHERE = 3
 SEED = 5
 FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--dims", "8", "--device", "cpu",
-        "--max-size", "64", "--batch-size", str(BATCH), "--json"]
+        "--max-size", "64", "--batch-size", str(BATCH), "--freeze", "--json"]
 # what a database may show between a kill and the next run: an unfinished run, never damage
 UNFINISHED = ("no encoder configuration", "no fitted codec", "have no code yet", "index file missing",
               "index file stale or corrupt")
@@ -87,8 +88,8 @@ def phase(db: Path) -> str:
     try:
         with Store(db) as s, s.snapshot():
             files, codes = s.count("files"), s.count("codes")
-            params = engine._stored_codec(s)
-            fp = engine._fingerprint(s, params) if params else None
+            params = read_params(s)
+            fp = fingerprint(s, params) if params else None
     except DatabaseError:  # created, format version not committed yet
         return "start"
     if params is None:

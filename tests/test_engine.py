@@ -53,7 +53,7 @@ def test_reindex_adds_only_new_and_prunes(indexed, tmp_path):
     assert (rep.added, rep.unchanged, rep.total) == (0, 70, 70)
     fams["f00"][0].unlink()
     (root / "f00" / "broken.jpg").write_bytes(b"not an image")
-    rep = engine.index_folder(root, db, device="cpu", progress=False, prune=True)
+    rep = engine.index_folder(root, db, device="cpu", progress=False, forget_deleted=True)
     assert (rep.added, rep.removed, rep.total) == (0, 1, 69)
     assert list(rep.skipped) == ["f00/broken.jpg"]
 

@@ -40,7 +40,8 @@ def test_refit_from_kept_features_changes_the_code_size(small, tmp_path):
 @pytest.mark.slow
 def test_refit_without_features_is_refused(small, tmp_path):
     db = tmp_path / "a.retr"
-    engine.index_folder(small, db, ENC, CODEC, device="cpu", progress=False)
+    engine.index_folder(small, db, ENC, CODEC, train_size=10, device="cpu", progress=False)  # 28 >= 10: frozen
+    assert engine.info(db).codec_state == "frozen" and engine.info(db).features_kept == 0
     with pytest.raises(ConfigError, match="--keep-features"):
         engine.index_folder(small, db, refit=True, device="cpu", progress=False)
 
@@ -49,6 +50,9 @@ def test_refit_without_features_is_refused(small, tmp_path):
 def test_codec_from_reuses_the_codec_and_contradictions_are_errors(small, tmp_path):
     a, b = tmp_path / "a.retr", tmp_path / "b.retr"
     engine.index_folder(small, a, ENC, CODEC, device="cpu", progress=False)
+    with pytest.raises(ConfigError, match="still provisional"):
+        engine.index_folder(small, b, codec_from=a, device="cpu", progress=False)
+    engine.index_folder(small, a, freeze=True, device="cpu", progress=False)
     other = tmp_path / "other"
     other.mkdir()
     for p in list((small / "f01").iterdir())[:3]:
@@ -57,9 +61,9 @@ def test_codec_from_reuses_the_codec_and_contradictions_are_errors(small, tmp_pa
     assert not rep.codec_fitted and rep.total == 3
     assert engine.info(a).codec == engine.info(b).codec and engine.info(b).encoder == engine.info(a).encoder
     r = run("index", small, "--db", a, "--backbone", "resnet18", "--weights", "none")
-    assert r.exit_code != 0 and "was built with another encoder" in r.output
+    assert r.exit_code != 0 and "encoder backbone: the database has 'alexnet', asked 'resnet18'" in r.output
     r = run("index", small, "--db", a, "--dims", "32")
-    assert r.exit_code != 0 and "was built with another codec" in r.output
+    assert r.exit_code != 0 and "codec dims: the database has 64, asked 32" in r.output
 
 
 @pytest.mark.slow
@@ -83,7 +87,7 @@ def test_index_with_a_compressed_model_file(small, tmp_path):
     from retr.retrieval.model_file import ModelConfig, build_model, save_model
 
     ims = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    model = build_model(ModelConfig(weights="none", netvlad_k=4), ims)
+    model = build_model(ModelConfig(backbone="alexnet", weights="none", netvlad_k=4), ims)
     f = save_model(model, tmp_path / "m.retrm", CompressionConfig(0.01, 8)).path
     db = tmp_path / "m.retr"
     r = run("index", small, "--db", db, "--model", f, "--dims", "16", "--device", "cpu")
@@ -102,7 +106,7 @@ def test_index_with_a_compressed_model_file(small, tmp_path):
 def test_fastscan_index_gives_the_flat_results(small, tmp_path, kind):
     flat, fast = tmp_path / "flat.retr", tmp_path / "fast.retr"
     args = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--dims", "16", "--device", "cpu"]
-    assert run("index", small, "--db", flat, *args).exit_code == 0
+    assert run("index", small, "--db", flat, *args, "--freeze").exit_code == 0
     r = run("index", small, "--db", fast, *args, "--index", kind, "--codec-from", flat)
     assert r.exit_code == 0, r.output
     assert engine.info(fast).index["config"]["kind"] == kind

@@ -9,7 +9,7 @@ import pytest
 from retr.eval.datasets import VOC_CLASSES
 from conftest import family_base, run
 
-FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--device", "cpu", "--levels", "2,4",
+FAST = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--device", "cpu", "--grid-levels", "2,4",
         "--reps", "2"]
 
 
@@ -170,17 +170,17 @@ def test_each_official_layout_gives_a_report(tmp_path, name):
 
 @pytest.mark.slow
 def test_codec_learnt_on_another_dataset(tmp_path):
-    """--codec-from paris6k: the grid's transforms are fitted on Paris's database, evaluated on Oxford."""
+    """--fit-on paris6k: the grid's transforms are fitted on Paris's database, evaluated on Oxford."""
     _oxford_like(tmp_path / "oxford", "")
     _oxford_like(tmp_path / "paris", "paris_")
     out = tmp_path / "rep"
     r = run("eval", "oxford5k", "--root", tmp_path / "oxford", "--out", out, *FAST, "--experiments", "q2,dr2",
-            "--codec-from", "paris6k", "--codec-from-root", tmp_path / "paris")
+            "--fit-on", "paris6k", "--fit-on-root", tmp_path / "paris")
     assert r.exit_code == 0, r.output
     doc = assert_report(out, 2)
     assert doc["result"]["settings"]["fit_on"] == "other" and doc["manifest"]["codec_from"] == "paris6k"
     r = run("eval", "oxford5k", "--root", tmp_path / "oxford", "--out", tmp_path / "rep2", *FAST,
-            "--codec-from", "voc2007", "--codec-from-root", tmp_path / "nope")
+            "--fit-on", "voc2007", "--fit-on-root", tmp_path / "nope")
     assert r.exit_code != 0 and "Traceback" not in r.output
 
 
