@@ -176,11 +176,10 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
     with Store(db, write=True, create=True) as store:
         for tmp in db.glob(f"{INDEX_FILE}.*.tmp"):  # left by a run killed while saving the index
             tmp.unlink(missing_ok=True)
-        spec, params = _resolve_for_index(store, request, codec_from)
-        if refit and spec.frozen:
-            if store.count() and store.count("features") < store.count():
-                raise ConfigError(f"{db} did not keep its descriptors; --refit needs a database indexed with "
-                                  "--keep-features")
+        if refit and store.count() and store.count("features") < store.count():
+            raise ConfigError(f"{db} did not keep its descriptors; --refit needs a database indexed with "
+                              "--keep-features")
+        spec, params = _resolve_for_index(store, request, codec_from, refit)
         root = os.path.abspath(folder)
         stored_root = store.get_meta("root")
         if stored_root is not None and os.fsdecode(stored_root) != root and store.count() > 0:
@@ -229,7 +228,8 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
                            skipped_unchanged=plan.skipped_unchanged, timings=timings)
 
 
-def _resolve_for_index(store: Store, request: SpecRequest, codec_from) -> tuple[DatabaseSpec, CodecParams | None]:
+def _resolve_for_index(store: Store, request: SpecRequest, codec_from,
+                       refit: bool = False) -> tuple[DatabaseSpec, CodecParams | None]:
     """The spec this run uses and the fitted codec (None before the first fit), both committed to the store.
 
     A database that holds no image pins nothing: a failed first run's settings are replaced by what is asked now."""
@@ -251,7 +251,7 @@ def _resolve_for_index(store: Store, request: SpecRequest, codec_from) -> tuple[
         if ours is None or stored != spec:
             write_spec(store, spec, their_params)
         return spec, their_params
-    spec = resolve(stored, request, holds_images=holds, source=str(store.path))
+    spec = resolve(stored, request, holds_images=holds, refit=refit, source=str(store.path))
     params = read_params(store) if holds else None
     if spec != stored or (not holds and store.get_meta("codec") is not None):
         # an empty database forgets a failed first run's codec with its settings

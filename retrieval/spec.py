@@ -153,10 +153,11 @@ def _conflicts(what: str, stored: dict[str, Any], asked: dict[str, Any], keys) -
 
 
 def resolve(stored: DatabaseSpec | None, request: SpecRequest | None = None, *, holds_images: bool = True,
-            source: str = "the database") -> DatabaseSpec:
+            refit: bool = False, source: str = "the database") -> DatabaseSpec:
     """The spec to use: ``stored`` (when the database holds images), then ``request``, then the defaults.
 
     ``holds_images`` False (an empty database, e.g. after a failed first run) means ``stored`` pins nothing.
+    ``refit``: the codec is about to be fitted again, so the codec asked for replaces the stored one.
     Raises ConfigError naming both values when the request contradicts the stored encoder or codec, when the
     codec is frozen and another ``train_size`` is asked, or when the result cannot store anything (h = 1)."""
     request = request or SpecRequest()
@@ -181,7 +182,8 @@ def resolve(stored: DatabaseSpec | None, request: SpecRequest | None = None, *, 
         enc_keys.add("weights_sha256")
     problems += _conflicts("encoder", stored.encoder.to_dict(), asked_enc.to_dict(), sorted(enc_keys))
     codec_keys = set(request.codec) | (set(base.codec.to_dict()) if request.preset else set())
-    problems += _conflicts("codec", stored.codec.to_dict(), asked_codec.to_dict(), sorted(codec_keys))
+    if not refit:
+        problems += _conflicts("codec", stored.codec.to_dict(), asked_codec.to_dict(), sorted(codec_keys))
     if problems:
         raise ConfigError(f"{source} was built differently ({'; '.join(problems)}): index into a new --db, or drop "
                           "the contradicting options")
@@ -192,7 +194,11 @@ def resolve(stored: DatabaseSpec | None, request: SpecRequest | None = None, *, 
                               f"--train-size {request.train_size} would change nothing: drop it, or --refit")
         train_size = request.train_size
     index = _merge_index(stored.index, request.index)
-    return stored.replace(index=index, train_size=train_size)
+    spec = stored.replace(index=index, train_size=train_size)
+    if refit and codec_keys:
+        spec = spec.replace(codec=_merge_codec(stored.codec, {k: asked_codec.to_dict()[k] for k in codec_keys}))
+        _check_storable(spec)
+    return spec
 
 
 def _merge_codec(base: CodecConfig, asked: dict[str, Any]) -> CodecConfig:
