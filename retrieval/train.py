@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from .backbones import preprocess
 from .compress import is_compressible
-from .encoder import resolve_device
+from .encoder import crop_box, resolve_device
 from .fileio import atomic_write
-from .errors import ConfigError
+from .errors import ConfigError, ImageError
 from .images import read_image
 from .model_file import DescriptorNet
 
@@ -124,9 +124,9 @@ def l1_norm(model: DescriptorNet) -> torch.Tensor:
 
 def _image(model: DescriptorNet, path: Path, bbox, size: int) -> torch.Tensor:
     x = read_image(path)
-    if bbox is not None:
-        x1, y1, x2, y2 = (int(round(v)) for v in bbox)
-        x = x[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
+    c = crop_box(bbox, x.shape[1], x.shape[0])  # the pipeline's crop rule (describe.py)
+    if c is not None:
+        x = x[c[1]:c[3], c[0]:c[2]]
     return preprocess(model.backbone.spec, x, max_size=size)
 
 
@@ -145,15 +145,22 @@ def _describe(model: DescriptorNet, images: list[torch.Tensor], device: torch.de
 
 def describe_paths(model: DescriptorNet, paths: list[Path], bboxes: list | None = None, image_size: int = 224,
                    device: str = "cpu", batch_size: int = 32) -> np.ndarray:
-    """(n, d) float32 descriptors of image files with `model` (no gradients), images resized as in training."""
-    dev = resolve_device(device)
-    bboxes = bboxes or [None] * len(paths)
-    out = np.zeros((len(paths), model.dim), np.float32)
-    with torch.no_grad():
-        for i in range(0, len(paths), batch_size):
-            ims = [_image(model, p, b, image_size) for p, b in zip(paths[i:i + batch_size], bboxes[i:i + batch_size])]
-            out[i:i + len(ims)] = _describe(model, ims, dev).float().cpu().numpy()
-    return out
+    """(n, d) float32 descriptors of image files with `model` (no gradients), images resized as in training
+    (longer side ``image_size``), through the engine's one descriptor pipeline (`describe.describe`) so a model
+    is measured on the descriptors `retr index` and `retr query` would compute with it."""
+    from .describe import describe
+    from .encoder import Encoder
+    from .encoder_config import EncoderConfig
+
+    c = model.config
+    config = EncoderConfig(backbone=c.backbone, weights="model", layer=c.layer, pooling=c.pooling, gem_p=c.gem_p,
+                           max_size=image_size, model="<in memory>", model_dim=model.dim)
+    got = describe(Encoder.wrap(model.backbone, model.pool, config, device), paths, crops=bboxes,
+                   batch_size=batch_size)
+    if got.skipped:
+        i, reason = next(iter(sorted(got.skipped.items())))
+        raise ImageError(f"{paths[i]}: {reason}")
+    return got.x
 
 
 def mine_tuples(xq: np.ndarray, xdb: np.ndarray, gnd: list[dict[str, np.ndarray]], positives: int,
