@@ -2,10 +2,15 @@
 
     make_model(...) -> MadeModel                 `retr model compress`: a `.retrm` from a backbone (+ NetVLAD
                                                  initialised and optionally fine-tuned on a dataset) or another file
-    model_table(base, datasets, out) -> ModelTable   "Compressing Deep Neural Networks for Recognizing Places"
-                                                 (Saha et al., ACPR 2017), its results table: for the base model and
-                                                 each (bits, threshold) pair, % of parameters pruned, drop in mAP on
-                                                 each dataset, memory usage (MB); CSV + JSON + PNG + an HTML section
+    compute_model_table(base, datasets, out) -> ModelTable   "Compressing Deep Neural Networks for Recognizing
+                                                 Places" (Saha et al., ACPR 2017), its results table: for the base
+                                                 model and each (bits, threshold) pair, % of parameters pruned, drop
+                                                 in mAP on each dataset, memory usage (MB); writes only the models
+    write_model_table(table, out) -> files       drawing: CSV, JSON, markdown, PNG (write_csv, write_json,
+                                                 write_markdown, plot_map_vs_memory); html_section for report pages
+    model_table(...)                             both, for `retr eval --experiments model`
+
+Only the drawing functions import matplotlib (inside them).
 
 mAP is measured as in the paper: descriptors of the model *loaded back from its file*, PCA-whitened (learnt on the
 database descriptors: `codec` with whiten=True and no quantizer), L2-normalised, ranked by inner product, scored
@@ -27,7 +32,8 @@ import numpy as np
 
 from ..retrieval.backbones import get_spec, preprocess
 from ..retrieval.codec import CodecConfig, fit, reduce
-from ..retrieval.compress import CompressionConfig
+from ..retrieval.compress import PAPER_SETTINGS, CompressionConfig
+from ..retrieval.encoder import resolve_device
 from ..retrieval.errors import ConfigError
 from ..retrieval.images import read_image
 from ..retrieval.model_file import DescriptorNet, ModelConfig, ModelFile, build_model, read_model_file, save_model
@@ -36,21 +42,26 @@ from ..retrieval.fileio import atomic_write
 from . import metrics
 from .datasets import RetrievalDataset, load_dataset
 
-# The paper's rows: (bits, threshold).
-PAPER_SETTINGS: tuple[tuple[int, float], ...] = ((8, 0.001), (8, 0.005), (8, 0.01), (8, 0.05), (5, 0.005), (5, 0.01))
-
 
 def _l2n(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def retrieval_map(model: DescriptorNet, ds: RetrievalDataset, image_size: int = 224, whiten_dims: int | None = 256,
-                  device: str = "cpu") -> float:
+                  device: str = "auto") -> float:
     """mAP (0-100) of `model` on `ds`: descriptors, PCA-whitening learnt on the database (None: none), ranking.
 
-    The whitening keeps at most `whitening_dims(whiten_dims, n_db)` axes (a small database cannot estimate more)."""
-    xdb = describe_paths(model, ds.db_paths, None, image_size, device)
-    xq = describe_paths(model, [q.path for q in ds.queries], [q.bbox for q in ds.queries], image_size, device)
+    device: as everywhere in retr (`encoder.resolve_device`: auto = CUDA when present); the model runs there and
+    is moved back to where it was. The whitening keeps at most `whitening_dims(whiten_dims, n_db)` axes (a small
+    database cannot estimate more)."""
+    dev = resolve_device(device)
+    home = next(model.parameters()).device
+    model.to(dev)
+    try:
+        xdb = describe_paths(model, ds.db_paths, None, image_size, str(dev))
+        xq = describe_paths(model, [q.path for q in ds.queries], [q.bbox for q in ds.queries], image_size, str(dev))
+    finally:
+        model.to(home)
     if whiten_dims is not None:
         p = whitening_dims(whiten_dims, len(xdb))
         params = fit(xdb, CodecConfig(reduction="pca", dims=p, whiten=True, quantizer="none"))
@@ -66,6 +77,23 @@ def whitening_dims(requested: int, n_db: int) -> int:
     return min(requested, max(1, n_db // 8))
 
 
+def load_retrieval_set(name: str, root: str | os.PathLike | None, images: str | os.PathLike) -> RetrievalDataset:
+    """Retrieval dataset `name` (of `eval.datasets`) read from `root`, to train or measure a model on.
+
+    The generated sets write their images under `images`, as `retr eval` does: synthetic when root is None, and
+    neardup always (its database = the photos under root, or the sample photos when None; its queries = edited
+    copies). A set without its root raises `DatasetError` from `load_dataset`; a classification set, ConfigError."""
+    kw = {}
+    if name == "synthetic" and root is None:
+        root = images
+    if name == "neardup":
+        kw["out"] = Path(images)
+    ds = load_dataset(name, root, **kw)
+    if not isinstance(ds, RetrievalDataset):
+        raise ConfigError(f"{name} is a classification set: use a retrieval set (ground truth by query)")
+    return ds
+
+
 def training_images(ds: RetrievalDataset, backbone: str, image_size: int, limit: int = 500,
                     seed: int = 0) -> list:
     """Preprocessed (3, h, w) tensors of up to `limit` database images (a seeded sample), for NetVLAD's k-means."""
@@ -74,6 +102,12 @@ def training_images(ds: RetrievalDataset, backbone: str, image_size: int, limit:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
     spec = get_spec(backbone)
     return [preprocess(spec, read_image(ds.db_paths[i]), max_size=image_size) for i in idx]
+
+
+def training_images_dir(out: str | os.PathLike, dataset: str) -> Path:
+    """Where `make_model(out, train_on=dataset)` writes the images of a generated dataset: beside `out`."""
+    out = Path(out)
+    return out.parent / f"{out.stem}-{dataset}-images"
 
 
 @dataclass
@@ -95,18 +129,16 @@ def make_model(out: str | os.PathLike, config: ModelConfig | None = None, compre
     """Write a compressed model file `out`.
 
     The model: read from `source` (a `.retrm`, e.g. a fine-tuned float32 one), or built from `config` with NetVLAD
-    centres from k-means on `train_on`'s images (a dataset name of `eval.datasets`, read from `root`; synthetic
-    builds its images next to `out` when root is None). With `train_config`, it is first fine-tuned on `train_on`
-    (resumable through `checkpoint`) and its mAP measured before and after. Then pruned and quantized.
+    centres from k-means on `train_on`'s images (a dataset name of `eval.datasets`, read from `root`; the
+    generated sets, synthetic and neardup, write their images to `<out's stem>-<train_on>-images/` beside `out`:
+    `load_retrieval_set`). With `train_config`, it is first fine-tuned on `train_on` (resumable through
+    `checkpoint`) and its mAP measured before and after. Then pruned and quantized. device: auto = CUDA when
+    present (`encoder.resolve_device`), for fine-tuning and measuring.
     """
     out = Path(out)
     ds = None
     if train_on is not None:
-        if train_on == "synthetic" and root is None:
-            root = out.parent / f"{out.stem}-synthetic-images"
-        ds = load_dataset(train_on, root)
-        if not isinstance(ds, RetrievalDataset):
-            raise ConfigError(f"{train_on} is a classification set: train on a retrieval set (ground truth by query)")
+        ds = load_retrieval_set(train_on, root, training_images_dir(out, train_on))
     size = (train_config or TrainConfig()).image_size
     if source is not None:
         model = read_model_file(source).build()
@@ -118,16 +150,18 @@ def make_model(out: str | os.PathLike, config: ModelConfig | None = None, compre
     if train_config is not None:
         if ds is None:
             raise ConfigError("fine-tuning needs a dataset: pass --train-on")
-        map_before = retrieval_map(model, ds, size, None)
+        map_before = retrieval_map(model, ds, size, None, device)
         training = train(model, ds, train_config, device=device, checkpoint=checkpoint, progress=progress)
-        map_after = retrieval_map(model, ds, size, None)
+        map_after = retrieval_map(model, ds, size, None, device)
     return MadeModel(save_model(model, out, compression), training, map_before, map_after)
 
 
 @dataclass
 class ModelTable:
-    """The table's rows (one dict per row, the CSV's columns and keys `mAP (<name>)`), the datasets' names,
-    and the files written (name -> path)."""
+    """The table's rows, computed by `compute_model_table`: one dict per row with the CSV's columns (`columns`),
+    the keys `mAP (<name>)` of each dataset, `bits` (None for the base model) and `file` (its .retrm); the datasets'
+    names; the PCA-whitening axes used on each (None: no whitening); and, once drawn, the files written
+    (name -> path)."""
 
     rows: list[dict]
     datasets: list[str]
@@ -141,17 +175,17 @@ class ModelTable:
                 + [f"mAP ({d})" for d in self.datasets])
 
 
-def model_table(base: DescriptorNet, datasets: dict[str, RetrievalDataset], out: str | os.PathLike,
-                settings: tuple[tuple[int, float], ...] = PAPER_SETTINGS, *, codebook: str = "linear",
-                image_size: int = 224, whiten_dims: int | None = 256, device: str = "cpu",
-                method: str | None = None) -> ModelTable:
-    """The paper's table for `base` on `datasets` (column label -> dataset), files under `out` (module doc).
+def compute_model_table(base: DescriptorNet, datasets: dict[str, RetrievalDataset], out: str | os.PathLike,
+                        settings: tuple[tuple[int, float], ...] = PAPER_SETTINGS, *, codebook: str = "linear",
+                        image_size: int = 224, whiten_dims: int | None = 256, device: str = "auto",
+                        method: str | None = None) -> ModelTable:
+    """The paper's table for `base` on `datasets` (column label -> dataset): the rows, nothing drawn (module doc).
 
     base: the (fine-tuned) float32 model, left unchanged; each row's model is written to out/models/*.retrm and
-    loaded back before it is measured. method: the base row's name (default e.g. "alexnet + NetVLAD + whitening").
+    loaded back before it is measured (its size on disk is the row's memory usage). method: the base row's name
+    (default e.g. "alexnet + NetVLAD + whitening"). device: auto = CUDA when present (`encoder.resolve_device`).
     """
-    out = Path(out)
-    models = out / "models"
+    models = Path(out) / "models"
     # No pruning and float32 weights store the values as they are: `base` is not modified.
     base_file = save_model(base, models / "base.retrm", CompressionConfig())
     c = base.config
@@ -175,11 +209,21 @@ def model_table(base: DescriptorNet, datasets: dict[str, RetrievalDataset], out:
             row[f"Drop in mAP ({d})"] = base_maps[d] - maps[d]
             row[f"mAP ({d})"] = maps[d]
         rows.append(row)
-    table = ModelTable(rows, list(datasets), {d: None if whiten_dims is None else
-                                              whitening_dims(whiten_dims, len(ds.db_paths))
-                                              for d, ds in datasets.items()})
+    return ModelTable(rows, list(datasets), {d: None if whiten_dims is None else
+                                             whitening_dims(whiten_dims, len(ds.db_paths))
+                                             for d, ds in datasets.items()})
+
+
+def model_table(base: DescriptorNet, datasets: dict[str, RetrievalDataset], out: str | os.PathLike,
+                settings: tuple[tuple[int, float], ...] = PAPER_SETTINGS, **kw) -> ModelTable:
+    """`compute_model_table` then `write_model_table` into `out` (the table's `files` set): what `retr eval
+    --experiments model` writes beside its report."""
+    table = compute_model_table(base, datasets, out, settings, **kw)
     table.files = write_model_table(table, out)
     return table
+
+
+# --- drawing: text, files and plots of a computed table ----------------------------------------------------------
 
 
 def _fmt(v) -> str:
@@ -222,26 +266,32 @@ def _atomic_text(path: Path, text: str) -> Path:
     return atomic_write(path, text.encode())
 
 
-def write_model_table(table: ModelTable, out: str | os.PathLike) -> dict[str, Path]:
-    """model_table.csv (%.6f reals), model_table.json, model_table.md and model_table.png (mAP vs MB)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def write_csv(table: ModelTable, path: str | os.PathLike) -> Path:
+    """The table's columns, reals as %.6f."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(table.columns)
     for r in table.rows:
         w.writerow([_fmt(r[c]) for c in table.columns])
-    files = {"csv": _atomic_text(out / "model_table.csv", buf.getvalue()),
-             "json": _atomic_text(out / "model_table.json",
-                                  json.dumps({"version": 1, "datasets": table.datasets,
-                                              "whiten_dims": table.whiten_dims, "rows": table.rows}, indent=1)),
-             "md": _atomic_text(out / "model_table.md", markdown(table))}
-    import matplotlib
+    return _atomic_text(Path(path), buf.getvalue())
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+def write_json(table: ModelTable, path: str | os.PathLike) -> Path:
+    """{"version": 1, "datasets", "whiten_dims", "rows"}: every key of every row, full precision."""
+    return _atomic_text(Path(path), json.dumps({"version": 1, "datasets": table.datasets,
+                                                "whiten_dims": table.whiten_dims, "rows": table.rows}, indent=1))
+
+
+def write_markdown(table: ModelTable, path: str | os.PathLike) -> Path:
+    return _atomic_text(Path(path), markdown(table))
+
+
+def plot_map_vs_memory(table: ModelTable, png: str | os.PathLike) -> Path:
+    """mAP against memory usage (MB), one point per row and dataset, labelled with its bits and threshold."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     for d in table.datasets:
         mb = [r["Memory usage (MB)"] for r in table.rows]
         m = [r[f"mAP ({d})"] for r in table.rows]
@@ -255,11 +305,19 @@ def write_model_table(table: ModelTable, out: str | os.PathLike) -> dict[str, Pa
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png = out / "model_table.png"
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
-    plt.close(fig)
-    files["png"] = png
-    return files
+    return png
+
+
+def write_model_table(table: ModelTable, out: str | os.PathLike) -> dict[str, Path]:
+    """out/model_table.csv, .json, .md and .png (mAP vs MB); returns name -> path."""
+    out = Path(out)
+    return {"csv": write_csv(table, out / "model_table.csv"),
+            "json": write_json(table, out / "model_table.json"),
+            "md": write_markdown(table, out / "model_table.md"),
+            "png": plot_map_vs_memory(table, out / "model_table.png")}
 
 
 def write_loss_curve(training: TrainResult, png: str | os.PathLike) -> Path:

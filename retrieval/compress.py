@@ -11,19 +11,27 @@ NetVLAD's centres and assignment weights) - the W of the paper's L1 term. Biases
 
 Legend: w a layer's weights flattened (n,), mask (n,) bool the kept weights (|w| >= t), n_kept = mask.sum(),
 L = 2**bits codebook entries, codes (n_kept,) uint8 in [0, L).
+
+Importable without torch (`retr model`'s options read CODEBOOKS and PAPER_SETTINGS at start-up): the functions that
+need torch import it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .codec import pack_bits, unpack_bits
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 CODEBOOKS = ("linear", "kmeans")
+# The paper's table rows: (weight bits, pruning threshold).
+PAPER_SETTINGS: tuple[tuple[int, float], ...] = ((8, 0.001), (8, 0.005), (8, 0.01), (8, 0.05), (5, 0.005), (5, 0.01))
 MIN_BITS, MAX_BITS = 2, 8
 _PACK_CHUNK = 1 << 20  # weights packed per call: a multiple of 8, so every chunk fills whole bytes
 
@@ -113,6 +121,8 @@ class PruneReport:
 def prune_(state: dict[str, torch.Tensor], threshold: float) -> PruneReport:
     """Set to 0, in place, every weight with |w| < threshold of the compressible tensors of `state`
     (name -> tensor, e.g. a module's parameters); other tensors are untouched. Returns the counts."""
+    import torch
+
     stats = []
     with torch.no_grad():
         for name, t in state.items():
@@ -247,6 +257,8 @@ def compress_state(
     """Prune and quantize, in place, the compressible tensors of `state` (name -> tensor): afterwards each holds
     exactly its decoded values, so the module computes what a model loaded from the stored tensors computes.
     Returns the stored form of every tensor of `state` (same order) and the pruning counts."""
+    import torch
+
     out, stats = {}, []
     with torch.no_grad():
         for name, t in state.items():

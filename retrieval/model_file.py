@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import Backbone, get_spec, load_backbone
+from .backbones import DEFAULT_BACKBONE, Backbone, get_spec, load_backbone
 from .compress import CompressedTensor, CompressionConfig, PruneReport, compress_state, pack_codes, unpack_codes
 from .fileio import atomic_write
 from .errors import ConfigError, WeightsUnavailable
@@ -50,13 +50,14 @@ _LEN = struct.Struct("<I")
 class ModelConfig:
     """The architecture of a descriptor network.
 
-    backbone / layer: a registry name and its layer (`conv` for any pooling, or a vector layer with pooling None);
-    weights: where the backbone's weights came from before fine-tuning or compression (imagenet, none or a path:
-    a record, not re-read); pooling: netvlad or one of POOLINGS (None for vector layers); netvlad_k: its K;
-    netvlad_alpha: the softness its assignment was initialised with (a record); gem_p: GeM's exponent.
+    backbone / layer: a registry name (default `backbones.DEFAULT_BACKBONE`, the one of `retr index`; the paper's
+    is alexnet) and its layer (`conv` for any pooling, or a vector layer with pooling None); weights: where the
+    backbone's weights came from before fine-tuning or compression (imagenet, none or a path: a record, not
+    re-read); pooling: netvlad or one of POOLINGS (None for vector layers); netvlad_k: its K; netvlad_alpha: the
+    softness its assignment was initialised with (a record); gem_p: GeM's exponent.
     """
 
-    backbone: str = "alexnet"
+    backbone: str = DEFAULT_BACKBONE
     layer: str = "conv"
     weights: str = "imagenet"
     pooling: str | None = "netvlad"

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from retr.cli import main
 from retr.eval import metrics
 from retr.eval.datasets import build_synthetic
-from retr.eval.model_table import model_table, training_images
+from retr.eval.model_table import compute_model_table, training_images, write_model_table
 from retr.retrieval.compress import (
     CompressedTensor,
     CompressionConfig,
@@ -151,7 +151,7 @@ def small_model(tmp_path_factory):
     """AlexNet (random weights) + NetVLAD K=4 initialised on 6 synthetic images; a batch of 3 inputs."""
     ds = build_synthetic(tmp_path_factory.mktemp("syn"), n_families=3, per_family=2, size=64, seed=0)
     ims = training_images(ds, "alexnet", SIZE)
-    model = build_model(ModelConfig(weights="none", netvlad_k=4), ims)
+    model = build_model(ModelConfig(backbone="alexnet", weights="none", netvlad_k=4), ims)
     return model, torch.stack(ims[:3])
 
 
@@ -231,7 +231,8 @@ def _map(model, ds):
 @pytest.mark.slow
 def test_fine_tuning_lowers_the_loss_and_raises_map(tmp_path):
     ds = build_synthetic(tmp_path / "syn", n_families=6, per_family=4, size=64, seed=0)
-    model = build_model(ModelConfig(weights="none", netvlad_k=8), training_images(ds, "alexnet", SIZE))
+    model = build_model(ModelConfig(backbone="alexnet", weights="none", netvlad_k=8),
+                        training_images(ds, "alexnet", SIZE))
     before = _map(model, ds)
     cfg = TrainConfig(epochs=4, lr=1e-4, image_size=SIZE, positives=3, negatives=3, queries_per_step=2)
     r = train(model, ds, cfg, device="cpu", progress=False)
@@ -246,9 +247,9 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     ds = build_synthetic(tmp_path / "syn", n_families=3, per_family=3, size=64, seed=1)
     ims = training_images(ds, "alexnet", SIZE)
     cfg = TrainConfig(epochs=2, lr=1e-4, l1=1e-6, image_size=SIZE, positives=1, negatives=1, queries_per_step=2)
-    straight = build_model(ModelConfig(weights="none", netvlad_k=2), ims)
+    straight = build_model(ModelConfig(backbone="alexnet", weights="none", netvlad_k=2), ims)
     r1 = train(straight, ds, cfg, device="cpu", progress=False)
-    resumed = build_model(ModelConfig(weights="none", netvlad_k=2), ims)
+    resumed = build_model(ModelConfig(backbone="alexnet", weights="none", netvlad_k=2), ims)
     ckpt = tmp_path / "ckpt.npz"
     train(resumed, ds, TrainConfig(**{**cfg.to_dict(), "epochs": 1}), device="cpu", checkpoint=ckpt, progress=False)
     r2 = train(resumed, ds, cfg, device="cpu", checkpoint=ckpt, progress=False)
@@ -266,8 +267,11 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_model_table_and_cli(small_model, tmp_path):
     ds = build_synthetic(tmp_path / "syn", n_families=3, per_family=3, size=64, seed=2)
-    t = model_table(small_model[0], {"synthetic": ds}, tmp_path / "table", ((8, 0.01), (5, 0.05)),
-                    image_size=SIZE, whiten_dims=None)
+    t = compute_model_table(small_model[0], {"synthetic": ds}, tmp_path / "table", ((8, 0.01), (5, 0.05)),
+                            image_size=SIZE, whiten_dims=None, device="cpu")
+    assert sorted(p.name for p in (tmp_path / "table").iterdir()) == ["models"]  # computing draws nothing
+    files = write_model_table(t, tmp_path / "table")
+    assert sorted(files) == ["csv", "json", "md", "png"] and all(p.exists() for p in files.values())
     assert [r["Method"] for r in t.rows][1:] == ["8 bits quantization", "5 bits quantization"]
     base, r8, r5 = t.rows
     assert base["Drop in mAP (synthetic)"] == 0 and base["Percentage of parameters pruned"] == 0
