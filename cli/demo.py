@@ -24,7 +24,8 @@ def demo_cmd(out, k, seed, device):
     from ..eval.demo import run_demo
 
     r = run_demo(out, k=k, seed=seed, device=device)
-    click.echo(f"indexed {r.index.total} photos into {r.db}, {r.code_size} bytes per image; "
+    click.echo(f"indexed {r.index.total} photos into {r.db}, {r.code_size} byte{'' if r.code_size == 1 else 's'} "
+               "per image; "
                f"querying with {r.n_queries} edited copies")
     for q, rank in sorted(r.ranks.items()):
         click.echo(f"  {q:32s} original at rank {rank}")

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..retrieval import engine
-from ..retrieval.encoder import EncoderConfig
+from ..retrieval.encoder_config import EncoderConfig
 from .edits import EDITS, sample_photos
 
 DEMO_EDITS = ("crop", "flip", "rotate", "jpeg", "colour")
@@ -70,12 +70,18 @@ def run_demo(out: str | os.PathLike = "retr-demo", k: int = 5, seed: int = 0, de
             ranks[q.name] = rank
             rows.append((q, r.results[:k]))
     page = out / "demo.html"
-    _write_html(page, rows, copies)
+    found = sum(r == 1 for r in ranks.values())
+    info = engine.info(db)
+    summary = (f"Original found at rank 1 for {found} of {len(copies)} edited copies. Database: {rep.total} photos, "
+               f"{rep.code_size} byte{'' if rep.code_size == 1 else 's'} per image ({info.codec_label}, "
+               f"{100 * info.compression:.2f}% smaller than the {4 * info.descriptor_dim}-byte float32 descriptor; "
+               f"encoder {info.encoder['backbone']}).")
+    _write_html(page, rows, copies, summary)
     return DemoResult(folder=folder, db=db, html=page, n_photos=len(originals), n_queries=len(copies),
-                      found_at_1=sum(r == 1 for r in ranks.values()), ranks=ranks, code_size=rep.code_size, index=rep)
+                      found_at_1=found, ranks=ranks, code_size=rep.code_size, index=rep)
 
 
-def _write_html(page: Path, rows: list, copies: dict[Path, Path]) -> None:
+def _write_html(page: Path, rows: list, copies: dict[Path, Path], summary: str) -> None:
     """One row per query: the query thumbnail, then its results with scores; the original is outlined."""
     def img(path: str, caption: str, mark: bool) -> str:
         rel = os.path.relpath(path, page.parent)
@@ -94,4 +100,6 @@ def _write_html(page: Path, rows: list, copies: dict[Path, Path]) -> None:
         "<!doctype html><meta charset=utf-8><title>retr demo</title><style>body{font-family:sans-serif}"
         ".row{display:flex;gap:8px;margin:12px 0}figure{margin:0}img{height:120px}figcaption{font-size:12px}"
         "</style><h1>retr demo: each edited copy and what it finds</h1>"
-        "<p>Green outline: the copy's original.</p>" + "\n".join(body))
+        f"<p><strong>{html.escape(summary)}</strong></p>"
+        "<p>Green outline: the copy's original. Scores are cosine similarities between the query's reduced descriptor "
+        "and each stored, quantized vector.</p>" + "\n".join(body))

@@ -16,4 +16,6 @@ def test_demo_finds_every_original_at_rank_1(tmp_path, capsys):
     assert "original found at rank 1 for 40/40 edited copies" in r.output
     page = (tmp_path / "demo" / "demo.html").read_text()
     assert page.count("<figure>") == 40 * 6  # each query + its top 5
+    summary = "Original found at rank 1 for 40 of 40 edited copies. Database: 8 photos, 2 bytes per image (pca8-q2h4"
+    assert summary in page
     assert len(list((tmp_path / "demo" / "photos").iterdir())) == 8
