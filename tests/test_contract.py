@@ -257,3 +257,25 @@ def test_help_and_info_do_not_import_torch_or_faiss(tmp_path, args):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none.retr"), *args], capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_ivf_visits_every_list_of_a_small_collection():
+    from retr.indexes import default_nlist, default_nprobe
+
+    assert default_nlist(300) == 7 and default_nprobe(7) == 7  # 300 images: an exhaustive search, not 1 of 7 lists
+    assert default_nprobe(64) == 8 and default_nprobe(4000) == 500
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_eval_ranks_through_the_index_users_get(kind):
+    from retr.eval.run import ranking
+    from retr.indexes.vectors import l2n
+
+    rng = np.random.default_rng(0)
+    xdb = l2n(rng.standard_normal((200, 16)))
+    xq = l2n(xdb[:5] + 0.05 * rng.standard_normal((5, 16)))
+    flat, approx = ranking(xdb, xq), ranking(xdb, xq, kind)
+    assert flat.shape == approx.shape == (200, 5)
+    for j in range(5):  # every database position once, and the same nearest neighbours on easy queries
+        assert sorted(approx[:, j]) == list(range(200))
+        assert approx[0, j] == flat[0, j] == j
