@@ -222,8 +222,8 @@ def run_cpu(args: argparse.Namespace, enc_cfg: EncoderConfig, paths: list[Path],
     n, b, w = len(paths), args.batch_size, args.workers
     common = dict(encoder=enc_cfg, device="cpu", batch_size=b, workers=w)
     # warm-up, not measured: the first index_folder call pays one-time imports and allocator growth; its database
-    # lends its codec to the "codec given" mode
-    engine.index_folder(folder, tmp / "warm.retr", progress=False, **common)
+    # lends its codec (frozen, as --codec-from needs) to the "codec given" mode
+    engine.index_folder(folder, tmp / "warm.retr", progress=False, freeze=True, **common)
     modes = {
         "forward": lambda r: forward_rate(enc, b, n),
         "index, fresh db": lambda r: index_rate(folder, tmp / f"fresh{r}.retr", n, **common),

@@ -14,9 +14,9 @@ or a skip (a folder being indexed, one query among many).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,9 +24,6 @@ from tqdm.auto import tqdm
 from .encoder import Encoder, crop_box
 from .errors import ImageError
 from .images import FileStamp, JpegBytes, Skipped, batch_prefetch, decode_image_bytes, iter_decoded, printable
-
-Source = "str | os.PathLike | np.ndarray"
-
 
 @dataclass
 class Described:
@@ -57,9 +54,11 @@ def _crop_array(image: np.ndarray, box) -> np.ndarray:
 
 def iter_descriptors(encoder: Encoder, sources: Sequence, *, crops: Sequence | None = None, batch_size: int = 32,
                      workers: int = 2, timeout_s: float | None = 30.0, progress: bool = False,
-                     desc: str = "describing") -> Iterator[Described]:
+                     desc: str = "describing", timings: dict | None = None) -> Iterator[Described]:
     """Describe ``sources`` (paths, or ``(H, W, 3) uint8`` arrays) in batches of ``batch_size``, in input order.
 
+    ``timings``, when given, accumulates seconds spent in the ``forward`` pass and, for JPEGs decoded on the
+    device, in ``device_decode``.
     ``crops``: a bounding box ``(x1, y1, x2, y2)`` in pixels or None per source (Oxford's query regions), applied
     to the decoded image before preprocessing. Every forward pass sees the same batch whatever happened before
     (decodable inputs in order, ``batch_size`` at a time), so descriptors do not depend on where a run resumed.
@@ -77,13 +76,21 @@ def iter_descriptors(encoder: Encoder, sources: Sequence, *, crops: Sequence | N
         box = crops[i]
         return lambda img: encoder.preprocess(_crop_array(img, box))
 
+    clock = timings if timings is not None else {}
+    clock.setdefault("forward", 0.0)
+
     def flush() -> Described | None:
         n = len(batch)
-        _decode_deferred(encoder, sources, crops, batch, skipped)
+        if defer:
+            t = time.perf_counter()
+            _decode_deferred(encoder, sources, crops, batch, skipped)
+            clock["device_decode"] = clock.get("device_decode", 0.0) + time.perf_counter() - t
         bar.update(n - len(batch))
         if not batch:
             return None
+        t = time.perf_counter()
         x = encoder.encode_batch([b[1] for b in batch])
+        clock["forward"] += time.perf_counter() - t
         out = Described([b[0] for b in batch], x, [b[2] for b in batch], list(skipped))
         bar.update(len(batch))
         batch.clear()
@@ -183,7 +190,3 @@ def describe(encoder: Encoder, sources: Sequence, *, crops: Sequence | None = No
             for i, st in zip(b.index, b.stamps):
                 stamps[i] = st
     return Descriptions(x, ok, skipped, stamps)
-
-
-def as_path(source) -> Path | None:
-    return None if isinstance(source, np.ndarray) else Path(os.fsdecode(source))

@@ -308,7 +308,7 @@ def _describe_into(store: Store, enc, params: CodecParams | None, todo, batch_si
     t_store = 0.0
     t0 = time.perf_counter()
     for b in iter_descriptors(enc, [t[0] for t in todo], batch_size=batch_size, workers=workers,
-                              timeout_s=timeout_s, progress=progress, desc="encoding"):
+                              timeout_s=timeout_s, progress=progress, desc="encoding", timings=timings):
         for i, reason in b.skipped:
             st = todo[i][2]
             skipped[todo[i][1]] = SkipRecord(reason, st.st_size, st.st_mtime_ns)
