@@ -29,6 +29,7 @@ from retr.eval.datasets import build_neardup
 from retr.eval.edits import sample_photos
 from retr.eval.metrics import compute_map
 from retr.eval.run import compute_features
+from retr.indexes.vectors import l2n
 from retr.retrieval import codec
 from retr.retrieval.encoder import Encoder, EncoderConfig
 
@@ -48,8 +49,6 @@ def write_tiles(out: Path, grid: int) -> int:
     return n
 
 
-def l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def scores(xdb: np.ndarray, xq: np.ndarray, gnd: list) -> tuple[float, float]:

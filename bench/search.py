@@ -30,6 +30,7 @@ import numpy as np
 from bench import common
 from retr import indexes
 from retr.indexes import fastscan
+from retr.indexes.vectors import l2n
 from retr.retrieval import codec
 
 _CHUNK = 100_000
@@ -72,8 +73,6 @@ def synthetic(n: int, d: int, clusters: int, nq: int, seed: int) -> tuple[np.nda
     return draw(n), draw(nq)
 
 
-def l2n(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def recall(I: np.ndarray, xq: np.ndarray, ref: np.ndarray, kth: np.ndarray) -> float:

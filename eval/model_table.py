@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..indexes.vectors import l2n
 from ..retrieval.backbones import get_spec, preprocess
 from ..retrieval.codec import CodecConfig, fit, reduce
 from ..retrieval.compress import PAPER_SETTINGS, CompressionConfig
@@ -43,8 +44,6 @@ from . import metrics
 from .datasets import RetrievalDataset, load_dataset
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def retrieval_map(model: DescriptorNet, ds: RetrievalDataset, image_size: int = 224, whiten_dims: int | None = 256,
@@ -65,7 +64,7 @@ def retrieval_map(model: DescriptorNet, ds: RetrievalDataset, image_size: int = 
     if whiten_dims is not None:
         p = whitening_dims(whiten_dims, len(xdb))
         params = fit(xdb, CodecConfig(reduction="pca", dims=p, whiten=True, quantizer="none"))
-        xdb, xq = _l2n(reduce(params, xdb)), _l2n(reduce(params, xq))
+        xdb, xq = l2n(reduce(params, xdb)), l2n(reduce(params, xq))
     ranks = np.argsort(-(xq @ xdb.T), axis=1, kind="stable").T
     return 100.0 * metrics.compute_map(ranks, ds.gnd)[0]
 
