@@ -22,6 +22,7 @@ uninterrupted run; descriptors are coded in chunks fixed by their ids (``id // b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -395,19 +396,24 @@ class Engine:
 
     The index is built from (or loaded for) the snapshot the database is in when the engine opens, with the index
     configuration of the database's spec (or ``index``, for this engine only); the encoder is loaded on the first
-    image query (``search_vectors`` needs none)."""
+    image query (``search_vectors`` needs none).
+
+    ``store``: an open `Store` of ``db`` to read through instead of opening one, left open by ``close()`` (py-lmdb
+    opens a database once per process, so a server that moves from one state to the next shares one store; opened
+    inside ``store.snapshot()``, the engine is built from that snapshot)."""
 
     def __init__(self, db: str | os.PathLike, device: str = "auto", index: indexes.IndexConfig | None = None,
-                 jpeg_decode: str = "auto"):
+                 jpeg_decode: str = "auto", store: Store | None = None):
         self.db = Path(db)
         self.device = device
         self.jpeg_decode = jpeg_decode
         self._encoder = None
-        self.store = Store(self.db)
+        self._owns_store = store is None
+        self.store = Store(self.db) if store is None else store
         try:
             self._open(index)
         except BaseException:
-            self.store.close()
+            self.close()
             raise
 
     def _open(self, index: indexes.IndexConfig | None) -> None:
@@ -431,7 +437,8 @@ class Engine:
         return self._encoder
 
     def close(self) -> None:
-        self.store.close()
+        if self._owns_store:
+            self.store.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -497,9 +504,13 @@ def search(db: str | os.PathLike, queries: list, k: int = 10, symmetric: bool = 
         return eng.search(queries, k=k, symmetric=symmetric, nprobe=nprobe)
 
 
-def info(db: str | os.PathLike) -> DatabaseInfo:
-    """Counts, bytes per vector, compression, settings (the spec) and skipped files of a database."""
-    with Store(db) as store, store.snapshot():
+def info(db: str | os.PathLike, store: Store | None = None) -> DatabaseInfo:
+    """Counts, bytes per vector, compression, settings (the spec) and skipped files of a database. ``store``: an
+    open `Store` of ``db`` to read (in its current snapshot, if one is open) instead of opening one."""
+    with contextlib.ExitStack() as stack:
+        if store is None:
+            store = stack.enter_context(Store(db))
+        stack.enter_context(store.snapshot())
         spec = read_spec(store)
         params = read_params(store)
         count = store.count("codes")
