@@ -2,9 +2,9 @@
 
     app = Guard(app, token="s3cret", max_body=20 << 20, public=("/health", "/", "/static/*"))
 
-- ``token``: every route but the ``public`` ones (exact paths, or prefixes ending in ``*``) needs ``Authorization: Bearer <token>`` (401 otherwise). The
-  public routes hold no data: the health check, and the page with its static files (it asks for the token and
-  sends it with every request it makes).
+- ``token``: every route but the ``public`` ones (exact paths, or prefixes ending in ``*``) needs
+  ``Authorization: Bearer <token>`` (401 otherwise). The public routes hold no data: the health check, and the page
+  with its static files (it asks for the token and sends it with every request it makes).
 - ``max_body``: a request whose body is larger is answered 413, from its Content-Length before anything is read,
   or as soon as the bytes read so far exceed it (a chunked upload).
 - Every response gets ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer`` and a
