@@ -86,7 +86,7 @@ def test_index_with_jpegs_on_device_matches_pillow(tmp_path):
     def index(name, on_device):
         db = tmp_path / name
         rep = engine.index_folder(folder, db, enc, raw, device="cpu", batch_size=4, progress=False,
-                                  jpeg_on_device=on_device)
+                                  jpeg_decode="device" if on_device else "pillow")
         with Store(db) as s:
             paths = {i: rel for rel, (i, _) in s.files().items()}
             rows = {paths[int(i)]: r for ids, block in s.iter_arrays("codes", 512, "<f4") for i, r in zip(ids, block)}
@@ -99,6 +99,11 @@ def test_index_with_jpegs_on_device_matches_pillow(tmp_path):
     assert "device_decode" in device.timings and "device_decode" not in pillow.timings
     for k in want:
         assert float(got[k] @ want[k]) > 0.999  # unit vectors: cosine
+    # a query goes the way its engine's encoder decodes: the same path as indexing
+    with engine.Engine(tmp_path / "device.retr", device="cpu", jpeg_decode="device") as eng:
+        assert eng.encoder.jpeg_on_device
+        (r,) = eng.search([folder / "coffee.jpg"], k=1)
+        assert r.results[0].path.endswith("coffee.jpg") and r.results[0].score == pytest.approx(1.0, abs=1e-5)
 
 
 def test_cli_jpeg_decode_option(tmp_path, monkeypatch):
@@ -107,7 +112,7 @@ def test_cli_jpeg_decode_option(tmp_path, monkeypatch):
     seen = []
 
     def index_folder(*args, **kw):  # what the command asks of the library; stop there
-        seen.append(kw["jpeg_on_device"])
+        seen.append(kw["jpeg_decode"])
         raise SystemExit(0)
 
     monkeypatch.setattr(engine, "index_folder", index_folder)
@@ -115,7 +120,7 @@ def test_cli_jpeg_decode_option(tmp_path, monkeypatch):
         args = ["index", str(tmp_path), "--db", str(tmp_path / "x.retr"), "--jpeg-decode", choice]
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 0, r.output
-    assert seen == [None, True, False]
+    assert seen == ["auto", "device", "pillow"]
 
 
 @pytest.mark.gpu
