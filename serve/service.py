@@ -8,9 +8,11 @@
 
 An image query is decoded and preprocessed on a small thread pool (as `retr query` decodes a file: same pixel limit,
 same JPEG draft size), described by the network through a `Batcher` (concurrent queries share a forward pass),
-searched through a second `Batcher` (concurrent searches with the same k / nprobe share one Faiss call; all
-searches run on that one thread, so nprobe, which Faiss keeps in the index, is never changed under another search)
-and answered with paths relative to the database's root, all from one `Snapshot`.
+searched on the thread of the database's current `Snapshot` (concurrent searches with the same k / nprobe share one
+Faiss call; all searches of a state run on that one thread, so nprobe, which Faiss keeps in the index, is never
+changed under another search) and answered with paths relative to the database's root, all from that snapshot.
+A request announces itself to both batchers when it starts, so a batch being formed waits (at most ``max_wait_ms``)
+only for requests already on their way: an idle server adds no wait.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import indexes
-from ..retrieval.errors import ConfigError, RetrError
+from ..retrieval.errors import ConfigError, ImageError, RetrError
 from ..retrieval.images import decode_image_bytes, printable, read_image
 from .batcher import Batcher
 from .state import Database, NotReady, Snapshot, Watcher, check_names
@@ -93,7 +95,8 @@ class Service:
         opened: list[Database] = []
         try:
             for p in paths:
-                opened.append(Database(p, device=o.device))
+                opened.append(Database(p, device=o.device, max_batch=o.max_batch,
+                                       max_wait_s=o.max_wait_ms / 1000))
             check_names(opened)
             if o.preload:
                 for d in opened:
@@ -114,7 +117,6 @@ class Service:
         wait = o.max_wait_ms / 1000
         self._encode = Batcher(self._encode_batch, o.max_batch, wait, "retr-encode",
                                init=functools.partial(_torch_threads, threads))
-        self._search = Batcher(self._search_batch, o.max_batch, wait, "retr-search")
         self._watcher: Watcher | None = None
         self._thumbs: OrderedDict = OrderedDict()
 
@@ -129,7 +131,6 @@ class Service:
             self._watcher.close()
             self._watcher = None
         self._encode.close()
-        self._search.close()
         self._decode.shutdown(wait=True)
         for d in self.databases.values():
             d.close()
@@ -155,20 +156,6 @@ class Service:
                 out[j] = row
         return out
 
-    @staticmethod
-    def _search_batch(items: list) -> list:
-        """[(snapshot, (d,) descriptor, Query)] -> [(D (k,), I (k,))], one Faiss call per snapshot and query."""
-        out: list = [None] * len(items)
-        groups: dict[tuple, list[int]] = {}
-        for j, (snap, _, q) in enumerate(items):
-            groups.setdefault((id(snap), q), []).append(j)
-        for idx in groups.values():
-            snap, _, q = items[idx[0]]
-            D, I = snap.engine.search_vectors(np.stack([items[j][1] for j in idx]), q.k, q.symmetric, q.nprobe)
-            for j, d, i in zip(idx, D, I):
-                out[j] = (d, i)
-        return out
-
     # -- queries ---------------------------------------------------------------------------------------------------
     @staticmethod
     def check(snap: Snapshot, q: Query) -> None:
@@ -180,46 +167,56 @@ class Service:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._decode, fn, *args)
 
-    async def _describe(self, db: Database, snap: Snapshot, load) -> np.ndarray:
-        """``load()`` -> (H, W, 3) uint8 on the decoding pool, then preprocess there, then the network's batch."""
+    async def _describe(self, db: Database, snap: Snapshot, load, ticket) -> np.ndarray:
+        """``load(encoder)`` -> (H, W, 3) uint8 and its preprocessing on the decoding pool, then the network's
+        batch; ``ticket``: this request's place announced to the encode batcher."""
         enc = db.encoder(snap)
 
         def prepare():
             return enc.preprocess(load(enc))
 
-        x = await self._run(prepare)
-        return await asyncio.wrap_future(self._encode.submit((enc, x)))
+        try:
+            x = await self._run(prepare)
+        except BaseException:
+            ticket.cancel()
+            raise
+        return await asyncio.wrap_future(self._encode.submit((enc, x), ticket))
 
-    async def _answer(self, db: Database, snap: Snapshot, x: np.ndarray, q: Query, query: str) -> dict:
-        d, ii = await asyncio.wrap_future(self._search.submit((snap, np.asarray(x, np.float32), q)))
-        keep = ii >= 0
-        ids = [int(i) for i in ii[keep]]
-        paths = await asyncio.wrap_future(snap.paths_future(ids))
-        results = [{"rank": r + 1, "score": round(float(s), 6), "path": p, "id": i}
-                   for r, (s, p, i) in enumerate(zip(d[keep], paths, ids))]
+    async def _answer(self, db: Database, snap: Snapshot, x: np.ndarray, q: Query, query: str, ticket=None) -> dict:
+        results = await asyncio.wrap_future(snap.search(x, q, ticket))
         return {"db": db.name, "generation": snap.generation, "count": snap.count, "query": query,
                 "results": results}
+
+    async def _image_query(self, db: Database, snap: Snapshot, load, q: Query, query: str) -> dict:
+        """Describe an image (``load``) and search with it; announced to both batchers from the start, so that
+        batches being formed wait (briefly) for it."""
+        searching, encoding = snap.announce(), self._encode.announce()
+        try:
+            x = await self._describe(db, snap, load, encoding)
+            return await self._answer(db, snap, x, q, query, searching)
+        finally:
+            searching.cancel()
+            encoding.cancel()
 
     async def search_image(self, name: str | None, data: bytes, filename: str, q: Query) -> dict:
         db = self.database(name)
         with db.use() as snap:
             self.check(snap, q)
-            x = await self._describe(db, snap, lambda enc: decode_image_bytes(data, filename, self.max_pixels,
-                                                                              enc.draft_size))
-            return await self._answer(db, snap, x, q, filename)
+            return await self._image_query(db, snap, lambda enc: decode_image_bytes(data, filename, self.max_pixels,
+                                                                                    enc.draft_size), q, filename)
 
     async def search_id(self, name: str | None, i: int, q: Query) -> dict:
         db = self.database(name)
         with db.use() as snap:
             self.check(snap, q)
-            path = await self._run(snap.file, i)
+            path = await asyncio.wrap_future(snap.file(i))
             if path is None:
                 raise NotFound(f"no image with id {i} in database '{db.name}'")
             try:
-                x = await self._describe(db, snap, lambda enc: read_image(path, self.max_pixels, enc.draft_size))
-            except RetrError as e:
+                return await self._image_query(db, snap, lambda enc: read_image(path, self.max_pixels,
+                                                                                enc.draft_size), q, f"id:{i}")
+            except ImageError as e:
                 raise Gone(f"image {i} cannot be read any more: {_reason(e, path)}") from None
-            return await self._answer(db, snap, x, q, f"id:{i}")
 
     async def search_vector(self, name: str | None, vector: list[float], q: Query) -> dict:
         db = self.database(name)
@@ -238,7 +235,7 @@ class Service:
         """The file of indexed id ``i`` (its path comes from the store, never from the request)."""
         db = self.database(name)
         with db.use() as snap:
-            path = await self._run(snap.file, i)
+            path = await asyncio.wrap_future(snap.file(i))
         if path is None:
             raise NotFound(f"no image with id {i} in database '{db.name}'")
         if not os.path.isfile(path):
@@ -257,7 +254,7 @@ class Service:
         if data is None:
             try:
                 data = await self._run(_thumbnail, path, self.max_pixels)
-            except RetrError as e:
+            except ImageError as e:
                 raise Gone(f"image {i} cannot be read any more: {_reason(e, path)}") from None
             self._thumbs[key] = data
             while len(self._thumbs) > 512:

@@ -1,17 +1,17 @@
 """One served database: the committed state it answers from, and the move to the next one.
 
     db = Database("photos.retr", name="photos")   # opens the store once, loads the newest complete state
-    with db.use() as st:                           # st: a Snapshot, the same for the whole request
-        D, I = st.engine.search_vectors(x, k=10)
-        paths = st.paths(I[0])                     # from the snapshot the index was built from
+    with db.use() as snap:                         # the same Snapshot for the whole request
+        results = snap.search(x, Query(k=10)).result()   # [{rank, score, path, id}], paths from that state
     db.poll()                                      # (a thread calls it) move to a newer complete state, if any
 
 A `Snapshot` pins one LMDB read transaction on a thread of its own for as long as it serves: its engine (index,
-codec, spec) was opened inside that transaction and every path or file record it answers comes from it, so an answer
-never mixes two committed states. While `retr index` writes, the database passes through states in which some files
-have no code yet (a provisional codec being refitted, a batch of descriptors waiting for the fit); only a complete
-state (every file has a code) is taken, and it replaces the previous one atomically, once built, for requests that
-start after; requests under way finish on the one they began with, which is closed after them.
+codec, spec) was opened inside that transaction, and that thread runs its searches and looks up every path or file
+record it answers, so an answer never mixes two committed states. While `retr index` writes, the database passes
+through states in which some files have no code yet (a provisional codec being refitted, a batch of descriptors
+waiting for the fit); only a complete state (every file has a code) is taken, and it replaces the previous one
+atomically, once built, for requests that start after; requests under way finish on the one they began with, which
+is closed after them.
 
 py-lmdb opens a database once per process, so every snapshot reads through the one `Store` of its `Database`.
 A pinned transaction keeps LMDB from reusing pages freed after it: the database file grows while `retr index`
@@ -25,13 +25,16 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..retrieval.engine import Engine, info
 from ..retrieval.errors import DatabaseError, RetrError
-from ..retrieval.store import FileRecord, Store
+from ..retrieval.store import Store
+from .batcher import Batcher, Failure, Ticket
 
 log = logging.getLogger("retr.serve")
 
@@ -40,82 +43,104 @@ class NotReady(RetrError):
     """The database has no complete committed state to answer from yet."""
 
 
-class _Pinned:
-    """One thread holding one read transaction (`Store.snapshot`) open; ``call(fn)`` runs ``fn`` inside it."""
-
-    def __init__(self, store: Store, name: str):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._stack = contextlib.ExitStack()
-        self.call(lambda: self._stack.enter_context(store.snapshot()))
-
-    def call(self, fn: Callable[..., Any], *args) -> Any:
-        return self._pool.submit(fn, *args).result()
-
-    def submit(self, fn: Callable[..., Any], *args):
-        return self._pool.submit(fn, *args)
-
-    def close(self) -> None:
-        try:
-            self._pool.submit(self._stack.close).result()  # the transaction ends on the thread that began it
-        finally:
-            self._pool.shutdown(wait=True)
-
-
 class Snapshot:
     """One complete committed state of a database: ``engine`` (index, codec, spec), ``generation``, ``count``,
-    ``info`` (`engine.info` as a dict) and ``root``, all read in one transaction, kept open for ``paths`` and
-    ``record``."""
+    ``info`` (`engine.info` as a dict) and ``root``, all read in one read transaction held by a thread of its own,
+    which also runs every search of this state (concurrent ones batched: one Faiss call per k, nprobe and symmetric)
+    and every path or file record look-up. Open with `open_snapshot`."""
 
-    def __init__(self, pinned: _Pinned, engine: Engine, generation: int, info: dict):
-        self._pinned = pinned
-        self.engine = engine
-        self.generation = generation
-        self.info = info
-        self.count = int(info["count"])
-        self.root = engine.root
+    def __init__(self, store: Store, path: Path, max_batch: int, max_wait_s: float):
+        self._stack = contextlib.ExitStack()
+        self._store = store
+        self._batcher = Batcher(self._run, max_batch, max_wait_s, f"snapshot-{path.name}",
+                                init=lambda: self._stack.enter_context(store.snapshot()), finish=self._stack.close)
+        self.engine: Engine | None = None
+        self.generation = -1
+        self.info: dict = {}
+        self.count = 0
+        self.root = ""
         self._refs = 0
         self._retired = False
 
-    def paths(self, ids) -> list[str]:
-        """Paths relative to the database's root of store ids ``ids`` (all present in this state)."""
-        return self._pinned.call(self.engine.store.paths, [int(i) for i in ids])
+    # -- work on the snapshot's thread -----------------------------------------------------------------------------
+    def _run(self, jobs: list) -> list:
+        out: list = [None] * len(jobs)
+        groups: dict = {}
+        for j, job in enumerate(jobs):
+            if job[0] == "search":
+                groups.setdefault(job[2], []).append(j)
+            else:
+                try:
+                    out[j] = job[1]()
+                except Exception as e:  # noqa: BLE001 - that job's own failure
+                    out[j] = Failure(e)
+        for q, idx in groups.items():
+            D, I = self.engine.search_vectors(np.stack([jobs[j][1] for j in idx]), q.k, q.symmetric, q.nprobe)
+            for j, d, ii in zip(idx, D, I):
+                keep = ii >= 0
+                ids = [int(i) for i in ii[keep]]
+                paths = self._store.paths(ids)
+                out[j] = [{"rank": r + 1, "score": round(float(sc), 6), "path": p, "id": i}
+                          for r, (sc, p, i) in enumerate(zip(d[keep], paths, ids))]
+        return out
 
-    def paths_future(self, ids):
-        return self._pinned.submit(self.engine.store.paths, [int(i) for i in ids])
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """``fn()`` run inside this snapshot's transaction, on its thread."""
+        return self._batcher.submit(("call", fn))
 
-    def record(self, i: int) -> FileRecord | None:
-        return self._pinned.call(self.engine.store.record, int(i))
+    def announce(self) -> Ticket:
+        """A search is on its way (its image is being described): a batch being formed waits for it, briefly."""
+        return self._batcher.announce()
 
-    def file(self, i: int) -> str | None:
-        """The absolute path of indexed id ``i`` in this state (None if this state has no such id). The path comes
-        from the store, never from a client."""
-        rec = self.record(i) if 0 <= i < 1 << 63 else None
-        return None if rec is None else os.path.join(self.root, rec.path)
+    def search(self, x: np.ndarray, q, ticket: Ticket | None = None) -> Future:
+        """Descriptor ``x (d,) float32`` -> the ranked results ``[{rank, score, path, id}]`` of this state, paths
+        relative to the root. ``q``: a hashable query with ``k``, ``nprobe``, ``symmetric``."""
+        return self._batcher.submit(("search", np.asarray(x, np.float32), q), ticket)
+
+    def file(self, i: int) -> Future:
+        """The absolute path of indexed id ``i`` in this state (None without such id). The path comes from the
+        store, never from a client."""
+        def get():
+            rec = self._store.record(i) if 0 <= i < 1 << 63 else None
+            return None if rec is None else os.path.join(self.root, rec.path)
+        return self.call(get)
+
+    @property
+    def batches(self) -> tuple[int, int]:
+        """(Faiss calls and look-ups made, jobs done) so far."""
+        return self._batcher.batches, self._batcher.items
 
     def close(self) -> None:
-        self.engine.close()  # the store is shared: left open
-        self._pinned.close()
+        if self.engine is not None:
+            self.engine.close()  # the store is shared: left open
+        self._batcher.close()  # ends the transaction on its thread
 
 
-def _open_snapshot(store: Store, path: Path, device: str) -> Snapshot | None:
+def open_snapshot(store: Store, path: Path, device: str, max_batch: int = 16,
+                  max_wait_s: float = 0.002) -> Snapshot | None:
     """The database's current committed state as a `Snapshot`, or None when that state is incomplete (files
     without codes: `retr index` is between a batch and the codec's fit, or coding)."""
-    pinned = _Pinned(store, f"snapshot-{path.name}")
+    snap = Snapshot(store, path, max_batch, max_wait_s)
 
-    def build() -> Snapshot | None:
+    def build() -> bool:
         files, codes = store.count("files"), store.count("codes")
         if codes == 0 or codes != files:
-            return None
-        eng = Engine(path, device=device, store=store)
-        return Snapshot(pinned, eng, store.generation(), info(path, store=store).to_dict())
+            return False
+        snap.engine = Engine(path, device=device, store=store)  # opened inside the transaction: built from it
+        snap.generation = store.generation()
+        snap.info = info(path, store=store).to_dict()
+        snap.count = int(snap.info["count"])
+        snap.root = snap.engine.root
+        return True
 
     try:
-        snap = pinned.call(build)
+        complete = snap.call(build).result()
     except BaseException:
-        pinned.close()
+        snap.close()
         raise
-    if snap is None:
-        pinned.close()
+    if not complete:
+        snap.close()
+        return None
     return snap
 
 
@@ -123,10 +148,12 @@ class Database:
     """A database served under ``name``: its one `Store`, its current `Snapshot`, the encoder of its images (loaded
     once, on first use or by ``load_encoder``). ``poll`` moves to a newer complete state; `Watcher` calls it."""
 
-    def __init__(self, path: str | os.PathLike, name: str | None = None, device: str = "auto"):
+    def __init__(self, path: str | os.PathLike, name: str | None = None, device: str = "auto",
+                 max_batch: int = 16, max_wait_s: float = 0.002):
         self.path = Path(path)
         self.name = name or self.path.name.removesuffix(".retr")
         self.device = device
+        self._batching = (max_batch, max_wait_s)
         self.store = Store(self.path)
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
@@ -135,7 +162,7 @@ class Database:
         self._encoder = None
         self.reloads = 0
         try:
-            self._snap = _open_snapshot(self.store, self.path, device)
+            self._snap = open_snapshot(self.store, self.path, device, *self._batching)
         except BaseException:
             self.store.close()
             raise
@@ -179,7 +206,7 @@ class Database:
             if gen == self.generation:
                 return False
             try:
-                snap = _open_snapshot(self.store, self.path, self.device)
+                snap = open_snapshot(self.store, self.path, self.device, *self._batching)
             except RetrError as e:
                 log.warning("%s: generation %d not served (%s)", self.path, gen, e)
                 return False
