@@ -78,12 +78,15 @@ def _plural(n: int, word: str) -> str:
 @click.option("--forget-deleted", is_flag=True, help="Remove files that are no longer in the folder.")
 @click.option("--retry-skipped", is_flag=True, help="Decode again files skipped before, even if unchanged.")
 @RUN_OPTIONS
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Describe on Ray actors: alone, a one-machine cluster; or a cluster's HOST:PORT (put it after "
+                   "FOLDER). Same database as without it. Needs `pip install -e '.[ray]'`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def index_cmd(ctx, folder, db, preset, backbone, weights, layer, pooling, scales, max_size, model_file, reduction,
               dims, whiten, quantizer, levels, range_, packing, index_kind, nlist, index_nprobe, rerank, hnsw_m,
               train_size, freeze, keep_features, refit, codec_from, forget_deleted, retry_skipped, device,
-              batch_size, workers, jpeg_decode, as_json):
+              batch_size, workers, jpeg_decode, ray_address, as_json):
     """Index every image under FOLDER into the database --db.
 
     Settings come from what the database holds, then the options given, then the --preset (or the defaults); an
@@ -103,7 +106,7 @@ def index_cmd(ctx, folder, db, preset, backbone, weights, layer, pooling, scales
     rep = engine.index_folder(folder, db, request=request, keep_features=keep_features, forget_deleted=forget_deleted,
                               refit=refit, freeze=freeze, retry_skipped=retry_skipped, codec_from=codec_from,
                               device=device, batch_size=batch_size, workers=workers, progress=not as_json,
-                              jpeg_decode=jpeg_decode)
+                              jpeg_decode=jpeg_decode, ray=ray_address)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=1))
         return
@@ -123,14 +126,16 @@ def index_cmd(ctx, folder, db, preset, backbone, weights, layer, pooling, scales
 
 @main.command("query")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--db", required=True, type=click.Path(path_type=str), help="Database directory.")
+@click.option("--db", "dbs", required=True, multiple=True, type=click.Path(path_type=str),
+              help="Database directory; several (--db A --db B) that share a codec (--codec-from) are searched as "
+                   "one collection, results merged by score.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
 @click.option("--symmetric", is_flag=True, help="Quantise the query too (default: asymmetric, reduced only).")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
               help="IVF lists visited (ivf and ivf-fastscan indexes) [default: the database's].")
 @DEVICE
 @click.option("--json", "as_json", is_flag=True, help="Print [{query, results: [{rank, score, path, id}]}].")
-def query_cmd(images, db, k, symmetric, nprobe, device, as_json):
+def query_cmd(images, dbs, k, symmetric, nprobe, device, as_json):
     """Find the images of --db that look most like each of IMAGES.
 
     The score is the cosine similarity between the query's descriptor, reduced by the database's codec, and each
@@ -138,12 +143,16 @@ def query_cmd(images, db, k, symmetric, nprobe, device, as_json):
     error (about 0.9 with 2 bits per dimension), and the ranking is what matters. An image that cannot be read is
     reported (exit code 1) and the others are answered.
     """
-    from ..retrieval import engine
+    from ..retrieval import engine, shards
 
-    results = engine.search(db, list(images), k=k, symmetric=symmetric, device=device, nprobe=nprobe)
+    if len(dbs) == 1:
+        results = engine.search(dbs[0], list(images), k=k, symmetric=symmetric, device=device, nprobe=nprobe)
+    else:
+        results = shards.search(list(dbs), list(images), k=k, symmetric=symmetric, device=device, nprobe=nprobe)
     if as_json:
         click.echo(json.dumps([{"query": r.query, **({"error": r.error} if r.error else {}),
-                                "results": [{"rank": m.rank, "score": round(m.score, 6), "path": m.path, "id": m.id}
+                                "results": [{"rank": m.rank, "score": round(m.score, 6), "path": m.path, "id": m.id,
+                                             **({"db": m.db} if hasattr(m, "db") else {})}
                                             for m in r.results]} for r in results], indent=1))
     else:
         for r in results:

@@ -29,6 +29,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -43,6 +44,9 @@ from .errors import ConfigError, DatabaseError
 from .images import os_reason, relative_key, walk_images
 from .spec import FROZEN, PROVISIONAL, DatabaseSpec, SpecRequest, resolve
 from .store import FileRecord, SkipRecord, Store
+
+if TYPE_CHECKING:
+    from .distributed import RayConfig
 
 __all__ = ["index_folder", "search", "info", "Engine", "IndexReport", "QueryResult", "Match", "DatabaseInfo",
            "INDEX_FILE"]
@@ -155,7 +159,8 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
                  keep_features: bool = False, forget_deleted: bool = False, refit: bool = False,
                  freeze: bool = False, retry_skipped: bool = False, codec_from: str | os.PathLike | None = None,
                  device: str = "auto", batch_size: int = 32, workers: int = 2, timeout_s: float = 30.0,
-                 seed: int = 0, progress: bool = True, jpeg_decode: str = "auto") -> IndexReport:
+                 seed: int = 0, progress: bool = True, jpeg_decode: str = "auto",
+                 ray: str | RayConfig | None = None) -> IndexReport:
     """Index every image under ``folder`` into the database ``db`` (created if missing).
 
     Settings: ``request`` (what the CLI was given, field by field) or whole ``encoder`` / ``codec`` / ``index``
@@ -164,8 +169,14 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
     files skipped before are decoded again only when they changed or with ``retry_skipped``. ``refit`` refits a
     frozen codec from kept descriptors; ``freeze`` fits the final codec now, whatever the collection's size.
     ``jpeg_decode``: auto | device | pillow (`encoder.resolve_jpeg_decode`).
+    ``ray``: None (describe here), ``"local"`` (a one-machine Ray cluster) or a Ray cluster's address, or a
+    `distributed.RayConfig`: the same batches are then described by Ray actors (`distributed.iter_descriptors`).
     """
     _check_run_options(batch_size, workers, timeout_s)
+    if ray is not None:
+        from .distributed import require_ray
+
+        require_ray()  # before anything is written: without Ray, say how to install it
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder of images")
@@ -200,13 +211,24 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
 
         skipped: dict[str, SkipRecord] = dict(plan.skips)
         if plan.todo:
-            from .encoder import Encoder  # torch: only when there is something to describe
+            sources = [t[0] for t in plan.todo]
+            run = dict(batch_size=batch_size, workers=workers, timeout_s=timeout_s, progress=progress,
+                       desc="encoding", timings=timings)
+            if ray is None:
+                from .describe import iter_descriptors
+                from .encoder import Encoder  # torch: only when there is something to describe
 
-            enc = Encoder(spec.encoder, device=device, seed=seed, jpeg_decode=jpeg_decode)
+                enc = Encoder(spec.encoder, device=device, seed=seed, jpeg_decode=jpeg_decode)
+                batches = iter_descriptors(enc, sources, **run)
+            else:  # the same batches, described by Ray actors
+                from . import distributed
+
+                batches = distributed.iter_descriptors(spec.encoder, sources, ray, device=device, seed=seed,
+                                                       jpeg_decode=jpeg_decode, **run)
             # a provisional codec is refitted below: store descriptors only, code them after the fit
             apply = params if spec.frozen else None
-            skipped.update(_describe_into(store, enc, apply, plan.todo, batch_size, workers, timeout_s,
-                                          keep_features or not spec.frozen, progress, timings))
+            skipped.update(_describe_into(store, batches, apply, plan.todo, keep_features or not spec.frozen,
+                                          timings))
         old = store.skip_records()
         if skipped != old:
             store.set_skipped(skipped, clear=[p for p in old if p not in skipped])
@@ -299,17 +321,15 @@ def _plan(store: Store, folder: Path, retry_skipped: bool) -> _Plan:
     return _Plan(todo, unchanged, gone, skips, skipped_unchanged)
 
 
-def _describe_into(store: Store, enc, params: CodecParams | None, todo, batch_size: int, workers: int,
-                   timeout_s: float, keep_features: bool, progress: bool, timings: dict) -> dict[str, SkipRecord]:
-    """Describe ``todo`` through the one pipeline and store each batch in one transaction: codes with a frozen
-    codec, descriptors when they are kept (or the codec is still to be fitted). Returns the files skipped."""
-    from .describe import iter_descriptors
-
+def _describe_into(store: Store, batches, params: CodecParams | None, todo, keep_features: bool,
+                   timings: dict) -> dict[str, SkipRecord]:
+    """Store each `describe.Described` batch of ``todo`` (from the one pipeline, here or on Ray) in one transaction:
+    codes with a frozen codec, descriptors when they are kept (or the codec is still to be fitted). Returns the files
+    skipped."""
     skipped: dict[str, SkipRecord] = {}
     t_store = 0.0
     t0 = time.perf_counter()
-    for b in iter_descriptors(enc, [t[0] for t in todo], batch_size=batch_size, workers=workers,
-                              timeout_s=timeout_s, progress=progress, desc="encoding", timings=timings):
+    for b in batches:
         for i, reason in b.skipped:
             st = todo[i][2]
             skipped[todo[i][1]] = SkipRecord(reason, st.st_size, st.st_mtime_ns)
