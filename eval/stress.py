@@ -7,7 +7,8 @@ score function (an SVM's mAP for classification, a retrieval mAP per protocol...
   identity   T(x) = x: the baseline.
   dr1        keep p_i random dimensions, p_i = floor(n (21 - i) / 20), i = 1..20 (`dr1_sizes`); each size
              repeated `reps` times, the codec's dr1 reduction seeded with the repetition index 0..reps-1.
-  dr2        the same sizes by PCA fitted on xtr. pca_projection "centred" projects x - mean (the codec's
+  dr2        the same sizes by PCA fitted on xtr (those <= min(n, m_tr); when none is, the same 20 steps of
+             min(n, m_tr): plan_grid). pca_projection "centred" projects x - mean (the codec's
              pca); "uncentred" projects x itself, as the paper's MATLAB code (`feature_matrix * pca_matrix`,
              the covariance centred, the projection not). Uncentred PCA at full rank is a rotation, so it
              reproduces the identity scores; centred PCA is a translation too, which the L2 normalisation
