@@ -77,6 +77,6 @@ def eval_cmd(dataset, root, out, experiments, backbone, weights, layer, pooling,
                  codec_from=fit_on, codec_from_root=fit_on_root, seed=seed)
     base = ", ".join(f"{k} {v:.2f}" for k, v in r.grid.baseline.items())
     click.echo(f"{dataset}: original descriptors ({r.grid.n}-dim float32): {base}")
-    for line in getattr(r.grid, "skipped_experiments", {}).items():
-        click.echo(f"not run: {line[0]}: {line[1]}")
+    for name, why in r.grid.skipped.items():  # also in the report's "Left out" section
+        click.echo(f"not run: {name}: {why}")
     click.echo(f"report: {r.files['html']} ({r.seconds:.0f} s)")
