@@ -129,7 +129,7 @@ def test_the_page_finds_a_dropped_photo_first_and_searches_again_on_click(browse
     browser.get(url)
     wait.until(lambda d: "28 images" in d.find_element(By.ID, "info").text)
     info = browser.find_element(By.ID, "info").text
-    assert "bytes per vector" in info and "compression" in info, info
+    assert "bytes per vector" in info and "smaller than its 1024-byte float32 descriptor" in info, info
 
     query = tmp / "my photo.png"  # a copy under another name: its original must come first
     shutil.copyfile(root / "f02/orig.png", query)

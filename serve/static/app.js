@@ -59,8 +59,8 @@ async function loadInfo() {
   }
   const parts = [
     plural(info.count, "image"),
-    plural(info.bytes_per_vector, "byte") + " per vector",
-    "compression " + info.compression.toFixed(1) + "×",
+    plural(info.bytes_per_vector, "byte") + " per vector (" + (100 * info.compression).toFixed(1) +
+      "% smaller than its " + (4 * info.descriptor_dim) + "-byte float32 descriptor)",
   ];
   if (info.codec_label) parts.push(info.codec_label);
   if (info.codec_state) parts.push("codec " + info.codec_state);
