@@ -70,7 +70,8 @@ class CodecConfig:
     quantizer: none (float32) | q1 (one range for all dimensions) | q2 (one range per dimension).
     levels: h >= 1 levels per dimension.
     range: minmax (the paper: min and max of the training data) | quantile:Q (the Q and 1-Q quantiles) |
-        sigma:K (mean +- K standard deviations); per dimension for q2, over all values for q1.
+        sigma:K (mean +- K standard deviations); per dimension for q2, over all values for q1. Robust ranges are
+        clamped to the training data's [min, max] (codecs fitted before keep the ranges they stored).
     packing: bits (ceil(log2 h) bits per dimension) | radix (log2(h) bits per dimension, slower).
     """
 
@@ -315,17 +316,20 @@ def _pca(x: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _fit_range(y: np.ndarray, config: CodecConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Quantizer range (lo, hi) (p,) float32 of the reduced training data y (m, p)."""
+    """Quantizer range (lo, hi) (p,) float32 of the reduced training data y (m, p).
+
+    A robust range (quantile, sigma) is clamped to the data's [min, max]: mean - 3 sd of ReLU features (all >= 0)
+    lies below every value, and a level there would never be used (4 levels would give 3). minmax is that range."""
     kind, arg = parse_range(config.range)
     axis = None if config.quantizer == "q1" else 0
-    if kind == "minmax":
-        lo, hi = y.min(axis=axis), y.max(axis=axis)  # exact in any precision: no float64 copy
-    elif kind == "quantile":
+    lo, hi = y.min(axis=axis), y.max(axis=axis)  # exact in any precision: no float64 copy
+    if kind == "quantile":
         lo, hi = np.quantile(y.astype(np.float64), [arg, 1.0 - arg], axis=axis)
-    else:
+    elif kind == "sigma":
+        mn, mx = lo.astype(np.float64), hi.astype(np.float64)
         y = y.astype(np.float64)
-        mu, sd = y.mean(axis=axis), y.std(axis=axis)
-        lo, hi = mu - arg * sd, mu + arg * sd
+        mu, sd = np.clip(y.mean(axis=axis), mn, mx), y.std(axis=axis)  # clip: a mean's rounding keeps lo <= hi
+        lo, hi = np.maximum(mu - arg * sd, mn), np.minimum(mu + arg * sd, mx)
     p = y.shape[1]
     return np.broadcast_to(lo, (p,)).astype(_F32), np.broadcast_to(hi, (p,)).astype(_F32)
 

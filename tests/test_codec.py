@@ -206,11 +206,51 @@ def test_quantile_and_sigma_ranges():
     q1 = C.fit(x, C.CodecConfig(reduction="none", quantizer="q1", range="quantile:0.25"))
     assert np.allclose(q1.lo, np.quantile(x, 0.25)) and np.allclose(q1.hi, np.quantile(x, 0.75))
     y = np.array([[1, 0], [3, 0], [1, 4], [3, 4]], np.float32)  # means 2, 2; stds 1, 2
-    s2 = C.fit(y, C.CodecConfig(reduction="none", range="sigma:2"))
-    assert s2.lo.tolist() == [0, -2] and s2.hi.tolist() == [4, 6]
-    s1 = C.fit(y, C.CodecConfig(reduction="none", quantizer="q1", range="sigma:2"))
+    s2 = C.fit(y, C.CodecConfig(reduction="none", range="sigma:0.5"))
+    assert s2.lo.tolist() == [1.5, 1] and s2.hi.tolist() == [2.5, 3]
+    s1 = C.fit(y, C.CodecConfig(reduction="none", quantizer="q1", range="sigma:0.5"))
     sd = math.sqrt(2.5)  # all 8 values: mean 2, variance (4 * 1 + 4 * 4) / 8
-    assert np.allclose(s1.lo, 2 - 2 * sd) and np.allclose(s1.hi, 2 + 2 * sd)
+    assert np.allclose(s1.lo, 2 - 0.5 * sd) and np.allclose(s1.hi, 2 + 0.5 * sd)
+    # mean +- 2 sd reaches beyond the data ([0, 4] and [-2, 6] per dimension, 2 -+ 3.16 for q1): clamped to
+    # [min, max], which is then the minmax range
+    s2 = C.fit(y, C.CodecConfig(reduction="none", range="sigma:2"))
+    assert s2.lo.tolist() == [1, 0] and s2.hi.tolist() == [3, 4]
+    s1 = C.fit(y, C.CodecConfig(reduction="none", quantizer="q1", range="sigma:2"))
+    assert s1.lo.tolist() == [0, 0] and s1.hi.tolist() == [4, 4]
+
+
+def test_sigma_range_of_relu_features_uses_every_level():
+    """ReLU-like values (most 0, a few large): mean - 3 sd lies below every value; clamped to the minimum 0, the 4
+    levels all lie within the data and each is used."""
+    v = np.array([0.0] * 8 + [1.0, 5.0], np.float32)  # mean 0.6, sd 1.4967
+    p = _one_dim(v, range="sigma:3", levels=4)
+    # unclamped: [-3.89, 5.09], levels -2.77, -0.52, 1.72, 3.97: the lowest below every value, so 3 usable levels
+    assert p.lo.tolist() == [0.0] and p.hi.tolist() == [5.0]
+    np.testing.assert_allclose(C.levels(p), [[0.625, 1.875, 3.125, 4.375]])
+    assert C.quantize(p, np.array([[0.0], [1.5], [3.0], [5.0]], np.float32)).ravel().tolist() == [0, 1, 2, 3]
+
+
+# A codec fitted by retr before robust ranges were clamped (sigma:2 on the 4 x 2 example above: lo [0, -2], hi [4, 6],
+# beyond the data); its stored range must keep decoding as it did.
+OLD_SIGMA_BLOB = (
+    b'RETRCODCX\x01\x00\x00{"arrays":{"hi":{"dtype":"<f4","nbytes":8,"offset":8,"shape":[2]},"lo":{"dtype":"<f4",'
+    b'"nbytes":8,"offset":0,"shape":[2]}},"capped":false,"config":{"dims":null,"keep":null,"levels":4,"packing":'
+    b'"bits","quantizer":"q2","range":"sigma:2","reduction":"none","seed":0,"whiten":false},"dims":2,"input_dim":2,'
+    b'"n_train":4,"requested_dims":2,"version":1}\x00\x00\x00\x00\x00\x00\x00\xc0\x00\x00\x80@\x00\x00\xc0@'
+)
+
+
+def test_a_sigma_codec_stored_before_the_clamp_decodes_as_before():
+    old = C.CodecParams.from_bytes(OLD_SIGMA_BLOB)
+    assert old.lo.tolist() == [0, -2] and old.hi.tolist() == [4, 6]
+    assert old.to_bytes() == OLD_SIGMA_BLOB  # re-serialised byte for byte: same fingerprint
+    y = np.array([[1, 0], [3, 0], [1, 4], [3, 4]], np.float32)
+    codes = C.encode(old, y)
+    # steps 1 and 2: levels 0.5, 1.5, 2.5, 3.5 and -1, 1, 3, 5; 1 -> level 1, 3 -> 3; 0 -> 1 (boundary up), 4 -> 3
+    assert codes.ravel().tolist() == [1 | 1 << 2, 3 | 1 << 2, 1 | 3 << 2, 3 | 3 << 2]
+    np.testing.assert_array_equal(C.decode(old, codes), [[1.5, 1], [3.5, 1], [1.5, 5], [3.5, 5]])
+    # refitted today, the same configuration clamps to the data: another codec, another fingerprint
+    assert C.fit(y, old.config).fingerprint() != old.fingerprint()
 
 
 # ---------------------------------------------------------------- configuration
