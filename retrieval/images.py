@@ -343,13 +343,29 @@ class _Job:
     """One file's decode. `started`/`finished`/`abandoned` are handed over under the pool's lock."""
 
     def __init__(self, fn: Callable[[], Any]):
-        self.fn = fn
+        self.fn: Callable[[], Any] | None = fn
         self.done = threading.Event()
         self.started: float | None = None  # time.monotonic() when a worker took it
         self.finished = False
         self.abandoned = False
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+# Jobs that abandoned workers finished after their time limit, with everything they reference (the transform, so
+# an encoder and its model; the result). A thread that outlives its consumer must not drop the last reference to
+# them: freeing a torch tensor releases the GIL, and a daemon thread that takes the GIL back once the interpreter is
+# finalizing is ended by pthread_exit, whose unwinding through torch's C++ aborts the process ("terminate called
+# without an active exception"). They are freed by the next `iter_decoded` consumer, or at exit by the main thread.
+_LEFT_BEHIND: list[_Job] = []
+_LEFT_BEHIND_LOCK = threading.Lock()
+
+
+def _free_left_behind() -> None:
+    with _LEFT_BEHIND_LOCK:
+        jobs = _LEFT_BEHIND[:]
+        _LEFT_BEHIND.clear()
+    del jobs  # freed here, on the consumer's thread, outside the lock
 
 
 def _decode_one(
@@ -404,7 +420,10 @@ def iter_decoded(
     `timeout_s` after a worker took it is abandoned as Skipped('decode timed out after N s'): a thread cannot
     be stopped, so it is left to finish on its own and a fresh worker takes its place. Workers are daemon
     threads, not a ThreadPoolExecutor, which joins its threads at exit and would hang on a decode that never
-    returns. Raises ConfigError at once for bad options.
+    returns. Exhausting or closing the iterator (`close()`, also on an error) drops the files not started and
+    joins the workers, each once its current file is done (or abandoned at its time limit): no worker outlives
+    it but the abandoned ones, and none frees the transform or a result (see `_LEFT_BEHIND`). Raises ConfigError
+    at once for bad options.
     """
     if workers < 1:
         raise ConfigError(f"workers must be 1 or more, got {workers}")
@@ -428,15 +447,27 @@ def _iter_decoded(
     ahead: int,
     worker_init: Callable[[], None] | None,
 ) -> Iterator[tuple[int, Path, Any]]:
+    # Closing (or exhausting) the iterator joins every worker it started, except those abandoned with a stuck file:
+    # afterwards none of them runs Python or native code (`worker_init`'s torch calls included), and a worker never
+    # holds a job it has handed over, so the last reference to the transform (an encoder, a model) and to the results
+    # is dropped on the consumer's thread, not on a daemon thread that may still be running at interpreter exit.
+    _free_left_behind()
     jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
     lock = threading.Lock()
     stop = threading.Event()
+    running: dict[threading.Thread, _Job | None] = {}  # live (not abandoned) workers -> the job each runs; under lock
 
     def work() -> None:
+        me = threading.current_thread()
         if worker_init is not None:
             worker_init()
-        while (job := jobs.get()) is not None and not stop.is_set():
-            job.started = time.monotonic()
+        while True:
+            job = jobs.get()
+            if job is None or stop.is_set():
+                return
+            with lock:
+                job.started = time.monotonic()
+                running[me] = job
             try:
                 job.result = job.fn()
             except BaseException as e:  # handed to the consumer, which raises it
@@ -444,12 +475,35 @@ def _iter_decoded(
             with lock:
                 job.finished = True
                 abandoned = job.abandoned
+                if not abandoned:
+                    running[me] = None
+                    job.fn = None  # the consumer still holds the transform: it is never freed here
+            if abandoned:  # a replacement worker already took this thread's place
+                with _LEFT_BEHIND_LOCK:  # its reference is gone before a consumer can free the job
+                    _LEFT_BEHIND.append(job)
+                    job.done.set()
+                    del job
+                return
             job.done.set()
-            if abandoned:
-                return  # a replacement worker already took this thread's place
+            del job  # handed over: the consumer frees it and its result
 
     def start_worker() -> None:
-        threading.Thread(target=work, name="retr-decode", daemon=True).start()
+        t = threading.Thread(target=work, name="retr-decode", daemon=True)
+        with lock:
+            running[t] = None
+        t.start()
+
+    def abandon(job: _Job) -> bool:
+        """Under the lock: give up on a job past its time limit; False if it finished meanwhile."""
+        ran = None if job.started is None else time.monotonic() - job.started
+        if ran is None or ran < timeout_s or job.finished:
+            return False
+        job.abandoned = True
+        for t, j in running.items():
+            if j is job:
+                del running[t]  # not joined on close: it may never return
+                break
+        return True
 
     def wait(i: int, job: _Job) -> Any:
         while True:
@@ -460,14 +514,43 @@ def _iter_decoded(
             if job.done.wait(left):
                 break
             with lock:
-                ran = None if job.started is None else time.monotonic() - job.started
-                if ran is not None and ran >= timeout_s and not job.finished:
-                    job.abandoned = True
-                    start_worker()
-                    return Skipped(relative_key(paths[i], root), f"decode timed out after {timeout_s:g} s")
+                gave_up = abandon(job)
+            if gave_up:
+                start_worker()
+                return Skipped(relative_key(paths[i], root), f"decode timed out after {timeout_s:g} s")
         if job.error is not None:
             raise job.error
         return job.result
+
+    def shut_down() -> None:
+        """Stop the workers and join them: each finishes the file it decodes (one past its time limit is
+        abandoned, as in `wait`), then finds the stop flag or a sentinel and returns."""
+        stop.set()
+        while True:  # drop the files not started yet: the queue then holds only sentinels
+            try:
+                jobs.get_nowait()
+            except queue.Empty:
+                break
+        with lock:
+            threads = list(running)
+        for _ in threads:
+            jobs.put(None)
+        for t in threads:
+            while True:
+                with lock:
+                    if t not in running:
+                        break  # abandoned
+                    job = running[t]
+                    if job is not None and timeout_s is not None and abandon(job):
+                        break
+                    left = None
+                    if job is not None and job.started is not None and timeout_s is not None:
+                        left = max(job.started + timeout_s - time.monotonic(), 0.0) + 0.01
+                t.join(left if left is not None else 0.1)
+                if not t.is_alive():
+                    with lock:
+                        running.pop(t, None)
+                    break
 
     for _ in range(workers):
         start_worker()
@@ -483,9 +566,8 @@ def _iter_decoded(
             i, job = pending.popleft()
             yield i, paths[i], wait(i, job)
     finally:
-        stop.set()  # queued files are dropped, idle workers wake on the sentinels and exit
-        for _ in range(workers):
-            jobs.put(None)
+        shut_down()
+        _free_left_behind()
 
 
 def safe_read(
