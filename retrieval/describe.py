@@ -130,21 +130,27 @@ def iter_descriptors(encoder: Encoder, sources: Sequence, *, crops: Sequence | N
 
     try:
         with encoder.decoding_workers() as worker_init:
-            for i, result in decoded():
-                if isinstance(result, Skipped):
-                    skipped.append((i, result.reason))
-                    bar.update(1)
-                    continue
-                batch.append((i, result[0], result[1]))
-                if len(batch) == batch_size:
-                    out = flush()
-                    if out is not None:
-                        yield out
-            out = flush()
-            if out is not None:
-                yield out
-            elif skipped:
-                yield Described([], np.zeros((0, encoder.dim), np.float32), [], list(skipped))
+            items = decoded()
+            try:
+                for i, result in items:
+                    if isinstance(result, Skipped):
+                        skipped.append((i, result.reason))
+                        bar.update(1)
+                        continue
+                    batch.append((i, result[0], result[1]))
+                    if len(batch) == batch_size:
+                        out = flush()
+                        if out is not None:
+                            yield out
+                out = flush()
+                if out is not None:
+                    yield out
+                elif skipped:
+                    yield Described([], np.zeros((0, encoder.dim), np.float32), [], list(skipped))
+            finally:
+                # the decoding threads are joined here, on this thread and before `decoding_workers` restores the
+                # torch thread count, also when the consumer stops early or fails (images.iter_decoded)
+                items.close()
     finally:
         bar.close()  # end the progress line before any error is printed
 
