@@ -133,9 +133,13 @@ def index_cmd(ctx, folder, db, preset, backbone, weights, layer, pooling, scales
 @click.option("--symmetric", is_flag=True, help="Quantise the query too (default: asymmetric, reduced only).")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
               help="IVF lists visited (ivf and ivf-fastscan indexes) [default: the database's].")
+@click.option("--expand", type=click.Choice(["none", "aqe", "dba", "diffusion"]), default="none", show_default=True,
+              help="Re-rank with the database's decoded vectors: alpha-query expansion (alpha 3, 2 neighbours), "
+                   "database-side augmentation, or diffusion on a k-NN graph (Iscen et al. 2017; scores are then "
+                   "diffusion values, not cosines).")
 @DEVICE
 @click.option("--json", "as_json", is_flag=True, help="Print [{query, results: [{rank, score, path, id}]}].")
-def query_cmd(images, dbs, k, symmetric, nprobe, device, as_json):
+def query_cmd(images, dbs, k, symmetric, nprobe, expand, device, as_json):
     """Find the images of --db that look most like each of IMAGES.
 
     The score is the cosine similarity between the query's descriptor, reduced by the database's codec, and each
@@ -146,7 +150,10 @@ def query_cmd(images, dbs, k, symmetric, nprobe, device, as_json):
     from ..retrieval import engine, shards
 
     if len(dbs) == 1:
-        results = engine.search(dbs[0], list(images), k=k, symmetric=symmetric, device=device, nprobe=nprobe)
+        results = engine.search(dbs[0], list(images), k=k, symmetric=symmetric, device=device, nprobe=nprobe,
+                                expand=expand)
+    elif expand != "none":
+        raise click.UsageError("--expand re-ranks within one database: give one --db")
     else:
         results = shards.search(list(dbs), list(images), k=k, symmetric=symmetric, device=device, nprobe=nprobe)
     if as_json:

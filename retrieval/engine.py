@@ -476,19 +476,36 @@ class Engine:
         return l2n(y)
 
     def search_vectors(self, x: np.ndarray, k: int = 10, symmetric: bool = False,
-                       nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       nprobe: int | None = None, expand: str = "none") -> tuple[np.ndarray, np.ndarray]:
         """Descriptors ``(m, d) float32`` -> ``D (m, k)`` cosine similarities, ``I (m, k)`` store ids (-1 where the
-        database holds fewer than k)."""
+        database holds fewer than k). ``expand``: none | aqe | dba | diffusion re-ranks with the decoded database
+        vectors (`expansion.expanded_search`; diffusion's scores are its f, not cosines)."""
         _check_k(k)
-        return indexes.search(self.index, self.query_vectors(x, symmetric), k, nprobe)
+        if expand == "none":
+            return indexes.search(self.index, self.query_vectors(x, symmetric), k, nprobe)
+        from .expansion import expanded_search
+
+        return expanded_search(self.query_vectors(x, symmetric), k, expand,
+                               lambda v, kk: indexes.search(self.index, v, kk, nprobe), self.vectors)
+
+    def vectors(self, ids) -> np.ndarray:
+        """The stored vectors of ``ids (r,)`` as their codes decode them, L2-normalised: ``(r, p) float32`` (what the
+        index scores)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return np.zeros((0, self.params.dims), np.float32)
+        _, codes = next(self.store.iter_arrays("codes", self.params.code_size, "u1", batch=len(ids), ids=ids))
+        return l2n(codec_mod.decode(self.params, codes))
 
     def search(self, queries: list, k: int = 10, symmetric: bool = False, nprobe: int | None = None,
-               batch_size: int = 32, workers: int = 2) -> list[QueryResult]:
+               batch_size: int = 32, workers: int = 2, expand: str = "none") -> list[QueryResult]:
         """Each query is a path or an ``(H, W, 3) uint8`` array. A query image that cannot be read is answered
-        with its ``error`` (the others are still answered)."""
+        with its ``error`` (the others are still answered). ``expand``: as `search_vectors`."""
         from .describe import describe
+        from .expansion import check_method
 
         _check_k(k)
+        check_method(expand)
         indexes.check_nprobe(self.index, nprobe)
         if not queries:
             return []
@@ -498,7 +515,7 @@ class Engine:
                                   for i, n in enumerate(names)]
         ok = np.flatnonzero(got.ok)
         if len(ok):
-            D, I = self.search_vectors(got.x[ok], k, symmetric, nprobe)
+            D, I = self.search_vectors(got.x[ok], k, symmetric, nprobe, expand)
             for j, d, ii in zip(ok, D, I):
                 out[j] = QueryResult(names[j], self.matches(d, ii))
         return out
@@ -517,11 +534,15 @@ def _check_k(k: int) -> None:
 
 
 def search(db: str | os.PathLike, queries: list, k: int = 10, symmetric: bool = False, device: str = "auto",
-           nprobe: int | None = None, jpeg_decode: str = "auto") -> list[QueryResult]:
-    """One-shot search: open ``db``, describe ``queries`` (paths or uint8 arrays), return the top ``k`` of each."""
+           nprobe: int | None = None, jpeg_decode: str = "auto", expand: str = "none") -> list[QueryResult]:
+    """One-shot search: open ``db``, describe ``queries`` (paths or uint8 arrays), return the top ``k`` of each;
+    ``expand``: none | aqe | dba | diffusion (`Engine.search_vectors`)."""
+    from .expansion import check_method
+
     _check_k(k)
+    check_method(expand)
     with Engine(db, device=device, jpeg_decode=jpeg_decode) as eng:
-        return eng.search(queries, k=k, symmetric=symmetric, nprobe=nprobe)
+        return eng.search(queries, k=k, symmetric=symmetric, nprobe=nprobe, expand=expand)
 
 
 def info(db: str | os.PathLike, store: Store | None = None) -> DatabaseInfo:
