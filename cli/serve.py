@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -38,8 +39,13 @@ def serve_cmd(dbs, host, port, token, max_upload, cors_origins, batch_size, batc
     answers from its last complete committed state and moves to the next one atomically.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A server runs short parallel regions between requests: OpenMP threads that spin between them (libgomp's
+    # default) take the cores from the requests, all the more on a shared machine. Read when torch and Faiss load
+    # OpenMP, below; an OMP_WAIT_POLICY in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import uvicorn
+        from threadpoolctl import threadpool_limits
 
         from ..serve import ServeOptions, create_app
     except ImportError as e:  # the service's dependencies are in install_requires; a partial install lacks them
@@ -48,6 +54,9 @@ def serve_cmd(dbs, host, port, token, max_upload, cors_origins, batch_size, batc
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         click.echo(f"warning: serving on {host} without --token: anyone who reaches this address can search "
                    "and read the indexed images", err=True)
+    # NumPy's BLAS reduces a batch of a few queries (a (m, d) x (d, p) product) faster on one thread than by
+    # waking (and spinning) a pool; the forward pass and Faiss keep their own threads
+    threadpool_limits(1, user_api="blas")
     options = ServeOptions(device=device, max_batch=batch_size, max_wait_ms=batch_wait_ms, reload_s=reload_s)
     app = create_app(list(dbs), token=token, max_upload=int(max_upload * (1 << 20)), options=options,
                      cors_origins=tuple(cors_origins))
