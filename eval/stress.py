@@ -22,8 +22,12 @@ Beyond the paper:
   q1-<r>, q2-<r>, fc-<r>   the same with a robust quantizer range r from `ranges` (default quantile:0.001,
              i.e. the 0.1% and 99.9% quantiles, and sigma:3, mean +- 3 standard deviations).
   pq, opq    Faiss product quantization of x with M sub-quantizers of 2**nbits centroids (M bytes at
-             nbits = 8), trained on xtr; opq first learns an OPQ rotation to min(n, 4M) dimensions (Faiss'
-             OPQ{M}_{4M}) and scores the rotated reconstructions (inner products as in that space).
+             nbits = 8), trained on xtr; opq first learns an OPQ rotation to M min(4, n // M) dimensions (Faiss'
+             OPQ{M}_{4M} when 4M <= n) and scores the rotated reconstructions (inner products as in that space).
+             Compared at equal bytes: by default M is taken from the code sizes of the Q-2 and FC points
+             (`pq_budgets`, one per octave up to PQ_MAX_BYTES); an M that does not divide n cuts x into M
+             sub-vectors of floor(n / M) or ceil(n / M) dimensions (zero-padded to Faiss' equal sub-vectors:
+             padding adds nothing to any distance), so every byte is a code of real dimensions.
 
 run_grid = plan_grid (the points the shape of the data allows: PCA keeps at most min(n, m_tr) dimensions, PQ
 needs 2**nbits training vectors...; what is left out is named with its reason, never dropped silently) + run_plan
@@ -60,10 +64,14 @@ STRESS_VERSION = 1
 PAPER_EXPERIMENTS = ("dr1", "dr2", "q1", "q2", "qb", "fc")
 PCA_PROJECTIONS = ("centred", "uncentred")
 ROBUST_RANGES = {"quantile": "quantile:0.001", "sigma": "sigma:3"}
-# Default PQ sizes M (bytes at 8 bits): Faiss trains M k-means of 256 centroids, each costing about the same
-# whatever n / M is, so M = 256 already takes ~0.5-2 min on 2 cores for 5000 training vectors (M = 2048:
-# over 10 min). OPQ alternates 50 such trainings (4 k-means iterations each) with SVDs: capped lower.
+# PQ is planned at the code sizes of the Q-2 and FC points (bytes = M nbits / 8), one size per octave, up to
+# PQ_MAX_BYTES: Faiss trains M k-means of 256 centroids, each costing about the same whatever n / M is (about 1 s
+# for 5000 training vectors on 2 shared cores: M = 256 took 4.3 min, M = 160 of 1280 dims 2.9 min), so the Q-2
+# points of 4096-D descriptors (512 to 2560 B) would take up to 45 min each. OPQ alternates 50 such trainings
+# (4 k-means iterations each) with SVDs: its output is capped lower. PQ_DEFAULT_BYTES: sizes (at 8 bits) of grids
+# planned before PQ followed the Q-2 / FC sizes, kept for `pq_bytes=PQ_DEFAULT_BYTES`.
 PQ_DEFAULT_BYTES = (8, 16, 32, 64, 128, 256)
+PQ_MAX_BYTES = 512
 OPQ_MAX_OUT = 512
 _BASES = ("dr1", "dr2", "q1", "q2", "qb", "qb64", "qb32", "fc", "pq", "opq")
 _RANGED = ("q1", "q2", "fc")
@@ -375,7 +383,7 @@ class GridPlan:
                 ]
             else:  # pq, opq
                 for M in self.pq_bytes if base == "pq" else self.opq_bytes:
-                    d_out = None if base == "pq" else min(n, 4 * M)
+                    d_out = None if base == "pq" else opq_out(n, M)
                     key = f"m{M}-b{self.pq_nbits}" + (f"-o{d_out}" if d_out else "")
                     out.append(PlannedPoint(name, key, base, d_out or n, subquantizers=M))
         return out
@@ -469,6 +477,18 @@ def _product_quantize(
     xfit = xtr if xfit is None else xfit
     import faiss
 
+    n = xtr.shape[1]
+    if d_out is None and n % M:
+        # M sub-vectors of floor(n / M) or ceil(n / M) dims, each zero-padded to ceil(n / M): Faiss' PQ on the
+        # padded vectors is PQ on the uneven sub-vectors (a zero column adds nothing to any distance)
+        dsub = -(-n // M)
+        cols = np.concatenate([i * dsub + np.arange(n // M + (i < n % M)) for i in range(M)])
+        pad = [np.zeros((len(x), M * dsub), np.float32) for x in (xtr, xte, xfit)]
+        for z, x in zip(pad, (xtr, xte, xfit)):
+            z[:, cols] = x
+        rtr, rte, _ = _product_quantize(*pad[:2], M, nbits, None, pad[2])
+        return rtr[:, cols], rte[:, cols], float(-(-M * nbits // 8))
+
     def new_pq(d: int) -> Any:
         pq = faiss.ProductQuantizer(d, M, nbits)
         # fewer than 39 training points per centroid only makes Faiss print a warning per sub-quantizer
@@ -505,6 +525,63 @@ def _span(values: Sequence[int]) -> str:
     if len(values) <= 4:
         return ", ".join(str(v) for v in values)
     return f"{values[0]}, {values[1]}, ..., {values[-1]}"
+
+
+def opq_out(n: int, M: int) -> int:
+    """OPQ's output dimensions for M <= n sub-quantizers: M min(4, n // M), a multiple of M (Faiss' OPQ{M}_{4M}
+    when 4M <= n; min(n, 4M) when M divides n)."""
+    return M * min(4, n // M)
+
+
+def pq_budgets(
+    n: int, levels: Sequence[int], fc_dims: Sequence[int], fc_levels: Sequence[int]
+) -> dict[int, list[str]]:
+    """Code sizes in bytes of the Q-2 points (n dims x levels) and the FC points (fc_dims x fc_levels), bits
+    packing: size -> the points of that size ("Q-2 h=3", "FC p=409 h=4"), by increasing size; h = 1 (0 bytes) and
+    Q-2 first. The sizes at which PQ / OPQ are compared with them."""
+    out: dict[int, list[str]] = {}
+    for p, hs, name in [(n, levels, "Q-2")] + [(p, fc_levels, "FC") for p in fc_dims]:
+        for h in hs:
+            size = codec.code_size_for(codec.CodecConfig(reduction="none", levels=h), p)
+            if size > 0:
+                out.setdefault(size, []).append(f"{name} h={h}" if name == "Q-2" else f"FC p={p} h={h}")
+    return dict(sorted(out.items()))
+
+
+def _pq_sizes(budgets: Mapping[int, list[str]], n: int, nbits: int) -> tuple[tuple[int, ...], str | None]:
+    """(M, note): the sub-quantizer counts of the byte sizes PQ is planned at, and what it leaves out.
+
+    A size B can be matched by M = 8 B / nbits sub-quantizers when that is a whole number <= n. Of those up to
+    PQ_MAX_BYTES, one per octave [2**k / sqrt 2, 2**k sqrt 2): a Q-2 size if the octave has one (the paper's main
+    comparison), else the one nearest 2**k (the smaller on a tie). The note names every size left without a PQ
+    point, with why (None when there is none)."""
+    why: dict[str, list[int]] = {}
+    fits: list[int] = []
+    for b in budgets:
+        if (8 * b) % nbits or 8 * b // nbits > n:
+            why.setdefault(f"not {nbits}-bit codes of at most {n} sub-quantizers", []).append(b)
+        elif b > PQ_MAX_BYTES:
+            why.setdefault(f"above PQ_MAX_BYTES = {PQ_MAX_BYTES}: a PQ point trains M k-means of "
+                           f"{1 << nbits} centroids, about a second each", []).append(b)
+        else:
+            fits.append(b)
+    octaves: dict[int, list[int]] = {}
+    for b in fits:
+        octaves.setdefault(round(math.log2(b)), []).append(b)  # round(log2 b) = k: 2**k / sqrt 2 <= b < 2**k sqrt 2
+    chosen = []
+    for k, sizes in sorted(octaves.items()):
+        q2 = [b for b in sizes if any(w.startswith("Q-2") for w in budgets[b])]
+        pick = min(q2 or sizes, key=lambda b: (abs(math.log2(b) - k), b))
+        chosen.append(pick)
+        others = [b for b in sizes if b != pick]
+        if others:
+            why.setdefault("another size of the same octave was taken", []).extend(others)
+    Ms = tuple(8 * b // nbits for b in chosen)
+    if not why:
+        return Ms, None
+    left = "; ".join(f"{', '.join(map(str, sorted(bs)))} B ({w})" for w, bs in why.items())
+    return Ms, (f"at the code sizes of Q-2 / FC points, one per octave: {', '.join(map(str, chosen))} B "
+                f"(M = {', '.join(map(str, Ms))} at {nbits} bits); Q-2 / FC sizes without a PQ point: {left}")
 
 
 def _pca_sizes(
@@ -545,14 +622,16 @@ def plan_grid(
     pq_nbits: int = 8,
 ) -> GridPlan:
     """The points of `experiments` (module doc) on n-dimensional features whose transforms are learnt on m_fit
-    vectors; the options as `run_grid`'s. Options of the experiments not asked for are not looked at.
+    vectors; the options as `run_grid`'s. Options of the experiments not asked for are not looked at, except
+    that pq / opq without pq_bytes take their sizes from the Q-2 and FC options (levels, fc_dims, fc_levels).
 
     What the data cannot support is left out, with its reason in the plan (skipped: the experiment has no point;
     adapted: some of its sizes changed): PCA sizes (dr2, fc) above min(n, m_fit) are dropped, and when none of
     the default sizes is in reach the same steps are taken of min(n, m_fit) instead (20 for dr2, 9 for fc); pq /
-    opq need >= 2**pq_nbits training vectors; opq keeps the M with min(n, 4M) <= OPQ_MAX_OUT. Mistakes in the
-    options themselves (an unknown experiment, a size outside [1, n], a PQ size that does not divide n) are
-    ConfigErrors. Repeated sizes or levels are planned once.
+    opq need >= 2**pq_nbits training vectors, are planned at the Q-2 / FC code sizes (`_pq_sizes`, the sizes
+    without a PQ point named with why); opq keeps the M with opq_out(n, M) <= OPQ_MAX_OUT. Mistakes in the
+    options themselves (an unknown experiment, a size outside [1, n], a PQ size asked for that does not divide n)
+    are ConfigErrors. Repeated sizes or levels are planned once.
     """
     if pca_projection not in PCA_PROJECTIONS:
         raise ConfigError(f"unknown pca_projection {pca_projection!r}; use centred or uncentred")
@@ -591,25 +670,37 @@ def plan_grid(
         fcd, note, skip = _pca_sizes(fc_dims, lambda k: fc_grid(k)[0], n, m_fit)
         record(("fc",), note, skip or (None if fcl else "no levels given"))
     if asked & {"pq", "opq"}:
+        pq_note = None
+        if not isinstance(pq_nbits, int) or not 1 <= pq_nbits <= 16:
+            raise ConfigError(f"PQ codes must have 1 to 16 bits, not {pq_nbits!r}")
         if pq_bytes is None:
-            pq_ms = tuple(M for M in PQ_DEFAULT_BYTES if n % M == 0)
+            # at the code sizes of the Q-2 and FC points this plan's options give, whether or not they are run
+            q2_levels = q_levels if asked & {"q1", "q2"} else _ints(levels, "levels", 1, codec.MAX_LEVELS)
+            fc_sizes = (fcd, fcl) if "fc" in asked else (
+                _pca_sizes(fc_dims, lambda k: fc_grid(k)[0], n, m_fit)[0],
+                _ints(fc_levels if fc_levels is not None else fc_grid(n)[1], "levels", 1, codec.MAX_LEVELS))
+            pq_ms, pq_note = _pq_sizes(pq_budgets(n, q2_levels, *fc_sizes), n, pq_nbits)
         else:
             bad = [M for M in pq_bytes if not (isinstance(M, (int, np.integer)) and 1 <= M <= n and n % M == 0)]
             if bad:
                 raise ConfigError(f"PQ sub-quantizer counts {bad} do not divide the {n} dimensions")
             pq_ms = tuple(dict.fromkeys(int(M) for M in pq_bytes))
-        opq_ms = tuple(M for M in pq_ms if min(n, 4 * M) <= OPQ_MAX_OUT)
+        opq_ms = tuple(M for M in pq_ms if opq_out(n, M) <= OPQ_MAX_OUT)
+        cap = f"OPQ's output M min(4, n // M) is capped at {OPQ_MAX_OUT} dimensions"
         if m_fit < 1 << pq_nbits:
             pq_ms = opq_ms = ()
             record(("pq", "opq"), None, f"{pq_nbits}-bit codes train {1 << pq_nbits} centroids per sub-quantizer, "
                                         f"from >= {1 << pq_nbits} training vectors; there are {m_fit}")
         elif not pq_ms:
-            record(("pq", "opq"), None, f"no default size M in {PQ_DEFAULT_BYTES} divides the {n} dimensions")
-        elif not opq_ms:
-            record(("opq",), None, f"every M makes OPQ's output min(n, 4M) larger than {OPQ_MAX_OUT} dimensions")
-        elif len(opq_ms) < len(pq_ms):
+            record(("pq", "opq"), None, f"no Q-2 or FC code size up to {PQ_MAX_BYTES} B is a whole number of "
+                                        f"{pq_nbits}-bit codes of at most {n} sub-quantizers")
+        else:
+            record(("pq",), pq_note, None)
             left = [M for M in pq_ms if M not in opq_ms]
-            record(("opq",), f"M = {_span(left)} left out: OPQ's output min(n, 4M) is capped at {OPQ_MAX_OUT}", None)
+            if not opq_ms:
+                record(("opq",), None, f"every M ({_span(pq_ms)}) makes {cap}")
+            elif left:
+                record(("opq",), f"M = {', '.join(map(str, left))} left out: {cap}", None)
     return GridPlan(
         n=n, m_fit=m_fit, experiments=names, reps=reps, pca_projection=pca_projection, ranges=dict(ranges),
         dr1_sizes=dr1, dr2_sizes=dr2, levels=q_levels, qb_bits=bits, fc_dims=fcd, fc_levels=fcl, pq_bytes=pq_ms,
@@ -774,12 +865,12 @@ def run_grid(
     Grid options: reps (dr1 repetitions); levels (h of q1 / q2); dr_sizes (dr1 / dr2 sizes, default
     dr1_sizes(n); PCA sizes beyond min(n, m_fit) are dropped, see plan_grid); fc_dims, fc_levels (default
     fc_grid(n)); qb_bits (k of qb64 and qb32, default all, those above 32 skipped for qb32); ranges (name -> codec
-    range of the "-name" experiments); pq_bytes (M of pq / opq, each dividing n; default PQ_DEFAULT_BYTES
-    that divide n; opq keeps those with min(n, 4M) <= OPQ_MAX_OUT); pq_nbits (bits per PQ code, the
-    training set needs >= 2**pq_nbits vectors). At 8 bits M is the bytes per vector: the FC points of
-    equal size are those with ceil(p ceil(log2 h) / 8) = M, e.g. 256 bytes = 409 dims at h = 17..32 or
-    2048 dims at h = 2 for n = 4096. An experiment the data cannot support is skipped, with its reason in
-    GridResult.skipped (and on stderr with progress).
+    range of the "-name" experiments); pq_bytes (M of pq / opq, each dividing n; default: the code sizes of the
+    Q-2 and FC points, one per octave up to PQ_MAX_BYTES, see plan_grid; opq keeps those with opq_out(n, M) <=
+    OPQ_MAX_OUT); pq_nbits (bits per PQ code, the training set needs >= 2**pq_nbits vectors). At 8 bits M is
+    the bytes per vector: the FC points of equal size are those with ceil(p ceil(log2 h) / 8) = M, e.g. 256
+    bytes = 409 dims at h = 17..32 or 2048 dims at h = 2 for n = 4096. An experiment the data cannot support is
+    skipped, with its reason in GridResult.skipped (and on stderr with progress).
     cache_dir: each point is stored in cache_dir/<experiment>/<key>-<fingerprint>.json as soon as it is
     scored and reused by later runs on the same xtr, xte and cache_tag (name the score function in
     cache_tag when one cache serves several tasks). progress: a tqdm bar on stderr.

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from retr.eval import stress
 from retr.eval.metrics import average_precision
 from retr.eval.stress import (
     PAPER_EXPERIMENTS,
@@ -340,13 +341,54 @@ def test_what_the_data_cannot_support_is_skipped_with_its_reason(capsys):
     assert GridResult.from_dict(old).skipped == {}
 
 
-def test_opq_sizes_beyond_its_output_cap_are_named():
+def test_pq_and_opq_are_planned_at_the_code_sizes_of_q2_and_fc_points():
+    """1280-D, 5000 training vectors. Q-2 sizes: 1280 x 1..5 bits / 8 = 160, 320, 480, 640, 800 B; FC sizes: p x bits
+    / 8 for p = 128, 256, ..., 1152. One size per octave [2^k / sqrt 2, 2^k sqrt 2) up to 512 B, a Q-2 size first:
+    16 (FC 128 x 1 bit), 32 (FC 128 x 2 bits, 256 x 1), 64 (nearest 2^6 among 48, 64, 80), then Q-2's 160, 320, 480."""
     plan = plan_grid(1280, 5000, ("pq", "opq"))
-    assert plan.pq_bytes == (8, 16, 32, 64, 128, 256) and plan.opq_bytes == (8, 16, 32, 64, 128)
-    assert plan.adapted == {"opq": "M = 256 left out: OPQ's output min(n, 4M) is capped at 512"}
-    assert plan_grid(100, 5000, ("pq",)).skipped == {
-        "pq": "no default size M in (8, 16, 32, 64, 128, 256) divides the 100 dimensions"
+    assert plan.pq_bytes == (16, 32, 64, 160, 320, 480)
+    # OPQ's output M min(4, n // M): 64, 128, 256 dims; 160 -> 640, 320 -> 960, 480 -> 960 dims: beyond 512
+    assert plan.opq_bytes == (16, 32, 64)
+    assert plan.adapted["opq"] == (
+        "M = 160, 320, 480 left out: OPQ's output M min(4, n // M) is capped at 512 dimensions"
+    )
+    note = plan.adapted["pq"]
+    assert note.startswith("at the code sizes of Q-2 / FC points, one per octave: 16, 32, 64, 160, 320, 480 B")
+    assert "560, 576, 640, 720, 800 B (above PQ_MAX_BYTES = 512" in note  # Q-2 h = 9..32 and FC sizes beyond 512 B
+    assert "48, 80, 96, 112, 128, 144, 192," in note and "(another size of the same octave was taken)" in note
+    pts = [p for p in plan.points() if p.kind in ("pq", "opq")]
+    assert [(p.key, p.dims) for p in pts][:7] == [("m16-b8", 1280), ("m32-b8", 1280), ("m64-b8", 1280),
+                                                  ("m160-b8", 1280), ("m320-b8", 1280), ("m480-b8", 1280),
+                                                  ("m16-b8-o64", 64)]  # fmt: skip
+    # 4096-D (VGG fc7): the Q-2 points cost 512 to 2560 B; the FC points from 52 B (409 dims at 1 bit). 52 and 154 B
+    # do not divide 4096: PQ cuts 52 sub-vectors of 78 or 79 dims, 154 of 26 or 27
+    plan = plan_grid(4096, 5011, ("pq", "opq"))
+    assert plan.pq_bytes == (52, 154, 256, 512) and plan.opq_bytes == (52,)
+    assert "1024, 1076, 1229, 1280, 1383, 1434, 1536, 1638, 1792, 1843, 2048, 2304, 2560 B (above" in plan.adapted["pq"]
+    # the sizes follow the grid options: Q-2 at h = 2, 4 only and FC at 10 dims x h = 2
+    plan = plan_grid(100, 5000, ("pq",), levels=[2, 4], fc_dims=[10], fc_levels=[2])
+    assert plan.pq_bytes == (2, 13, 25) and "pq" not in plan.adapted  # Q-2 13, 25 B and FC 2 B: each matched
+    # at 4 bits a size of B bytes is 2B sub-quantizers, at 16 bits B / 2: 13 and 25 B cannot be matched
+    plan = plan_grid(100, 5000, ("pq",), levels=[2, 4], fc_dims=[10], fc_levels=[2], pq_nbits=4)
+    assert plan.pq_bytes == (4, 26, 50)
+    plan = plan_grid(100, 1 << 16, ("pq",), levels=[2, 4], fc_dims=[10], fc_levels=[2], pq_nbits=16)
+    assert plan.pq_bytes == (1,) and "13, 25 B (not 16-bit codes of at most 100 sub-quantizers)" in plan.adapted["pq"]
+    assert plan_grid(8, 1 << 16, ("pq",), levels=[2], fc_dims=[], pq_nbits=16).skipped == {
+        "pq": "no Q-2 or FC code size up to 512 B is a whole number of 16-bit codes of at most 8 sub-quantizers"
     }
+
+
+def test_pq_of_m_not_dividing_n_codes_uneven_sub_vectors():
+    """n = 7, M = 3: sub-vectors of 3, 2, 2 dims. Each takes one of two values per row, drawn independently: PQ with
+    2 centroids (1 bit) per sub-quantizer reconstructs every row exactly only if its sub-vectors are exactly those
+    (zero-padding at the end, [0:3] [3:6] [6:7], would mix groups 2 and 3 and lose some)."""
+    rng = np.random.default_rng(0)
+    groups = [rng.standard_normal((2, k)).astype(np.float32) for k in (3, 2, 2)]
+    x = np.hstack([g[rng.integers(0, 2, 64)] for g in groups])
+    rtr, rte, nbytes = stress._product_quantize(x[:48], x[48:], 3, 1, None, x[:48])
+    assert nbytes == 1.0  # 3 codes of 1 bit
+    np.testing.assert_allclose(rtr, x[:48], atol=1e-6)
+    np.testing.assert_allclose(rte, x[48:], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------
