@@ -1,6 +1,6 @@
 """`retr serve` under load on loopback, beside the same work done in-process in the same run. Stops by itself.
 
-    python -m bench.serve                                   # 1,000,000 vectors for (a); about 6 minutes on 2 cores
+    python -m bench.serve                                   # 1,000,000 vectors for (a); 9 minutes on 2 busy cores
     python -m bench.serve --n 200000 --seconds 5 --out b.json
 
 (a) **Vector queries** (``POST /search {"vector": [...], "k": 10}``) on a database of ``--n`` synthetic descriptors
