@@ -8,6 +8,10 @@ Files written by ``write_report(result, out_dir, dataset, backbone, manifest)``:
   results.json                                every number (``result.to_dict()``) plus the manifest
   *.png                                       the figures (see ``write_plots``)
   summary.csv, summary.md                     the paper's Table 3: smallest representation per loss budget
+                                              (summary.md also: the best score per byte budget, below)
+  equal_bytes.csv                             the best score of each experiment at each byte budget PQ / OPQ
+                                              were planned at (the Q-2 / FC code sizes): comparisons at equal
+                                              bytes, never at the nearest size
   report.html                                 all of the above in one file, images as base64 data URIs
 
 CSV conventions (those of the reference files): header line, ``\\n`` line ends, integers for counts,
@@ -32,6 +36,7 @@ import html
 import importlib.metadata
 import io
 import json
+import math
 import platform
 import re
 import subprocess
@@ -432,10 +437,99 @@ def write_summary(result: GridResult, out_dir: str | Path, budgets: Sequence[int
     notes = left_out(result)
     if notes:
         md += "\n" + "".join(f"- {what}: {why}\n" for what, why in notes)
+    eq_header, eq_rows = equal_bytes_rows(result)
+    if eq_rows:
+        md += f"\n## Best score per byte budget\n\n{_EQUAL_BYTES_WORDS}\n\n" + _markdown(eq_header, eq_rows)
     return [
         _write_bytes(out_dir / "summary.csv", _csv_text(header, rows).encode()),
         _write_bytes(out_dir / "summary.md", md.encode()),
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Equal bytes: the best score of each experiment at each byte budget
+
+# Experiments planned at byte budgets chosen from the other points' code sizes (stress.plan_grid): their sizes are
+# the budgets at which every experiment is compared.
+BUDGET_EXPERIMENTS = ("pq", "opq")
+
+
+def setting_words(p: Point) -> str:
+    """The setting of a point in a few words, without its size: "409 dims, 4 values", "M = 52"."""
+    fam = _family(p.experiment)
+    if fam in ("dr1", "dr2"):
+        return _count(p.dims, "dim")
+    if fam in ("q1", "q2"):
+        return _count(p.levels, "value")
+    if fam.startswith("qb"):
+        return _count(p.removed_bits, "bit") + " removed"
+    if fam == "fc":
+        return f"{_count(p.dims, 'dim')}, {_count(p.levels, 'value')}"
+    if fam == "opq":
+        return f"M = {p.bytes_per_vector:g}, rotated to {p.dims} dims"
+    if fam == "pq":
+        return f"M = {p.bytes_per_vector:g}"
+    return f"{_count(p.dims, 'dim')}" + (f", {_count(p.levels, 'value')}" if p.levels else "")
+
+
+def best_per_budget(result: GridResult, metric: str) -> tuple[list[float], dict[str, dict[float, Point]]]:
+    """(budgets, best): the byte budgets compared, by increasing size (the sizes of the points of
+    BUDGET_EXPERIMENTS), and for each experiment with a point at one of them, budget -> its best point of exactly
+    that many bytes (highest score; ties: fewer dimensions, then fewer levels). dr1 is judged on its mean over
+    repetitions. Empty when no budget experiment was run."""
+    budgets = sorted({p.bytes_per_vector for p in result.points if _family(p.experiment) in BUDGET_EXPERIMENTS})
+    best: dict[str, dict[float, Point]] = {}
+    for exp in _experiments(result):
+        if exp == "identity":
+            continue
+        for p in result.aggregate(exp):
+            b, score = p.bytes_per_vector, p.scores.get(metric, math.nan)
+            if b not in budgets or math.isnan(score):
+                continue
+            old = best.setdefault(exp, {}).get(b)
+            if old is None or (-score, p.dims, p.levels or 0) < (-old.scores[metric], old.dims, old.levels or 0):
+                best[exp][b] = p
+    return budgets, best
+
+
+def equal_bytes_rows(result: GridResult) -> tuple[list[str], list[list[str]]]:
+    """The best-per-budget table, wide: one row per metric and budget, one column per experiment, cells "score
+    (setting)" ("" when the experiment has no point of that size)."""
+    exps = [e for e in _experiments(result) if any(best_per_budget(result, m)[1].get(e) for m in result.metric_names)]
+    header = ["Metric", "Bytes per vector"] + [experiment_label(e) for e in exps]
+    rows = []
+    for m in result.metric_names:
+        budgets, best = best_per_budget(result, m)
+        for b in budgets:
+            cells = []
+            for e in exps:
+                p = best.get(e, {}).get(b)
+                cells.append("" if p is None else f"{p.scores[m]:.2f} ({setting_words(p)})")
+            rows.append([metric_column(m), f"{b:g}"] + cells)
+    return header, rows
+
+
+def write_equal_bytes(result: GridResult, out_dir: str | Path) -> list[Path]:
+    """``equal_bytes.csv``, long format: Metric, Bytes per vector, Experiment, Score (%.6f), Setting: the best
+    point of each experiment at each budget (`best_per_budget`); nothing when no budget experiment was run."""
+    rows = []
+    for m in result.metric_names:
+        budgets, best = best_per_budget(result, m)
+        for b in budgets:
+            for exp, per in best.items():
+                if b in per:
+                    rows.append([metric_column(m), f"{b:g}", experiment_label(exp), _f6(per[b].scores[m]),
+                                 setting_words(per[b])])
+    if not rows:
+        return []
+    header = ["Metric", "Bytes per vector", "Experiment", "Score", "Setting"]
+    return [_write_bytes(Path(out_dir) / "equal_bytes.csv", _csv_text(header, rows).encode())]
+
+
+_EQUAL_BYTES_WORDS = (
+    "Each experiment's best score at exactly the byte budgets PQ and OPQ were planned at (the code sizes of Q-2 and "
+    "FC points, one per octave); – where the experiment has no point of that size."
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -613,6 +707,29 @@ def _plot_bytes(result: GridResult, exps: list[str], title: str, path: Path) -> 
     return _save(fig, path)
 
 
+def _plot_equal_bytes(result: GridResult, title: str, path: Path) -> Path:
+    """The best score of each experiment at each compared byte budget (`best_per_budget`), log x."""
+    ms = result.metric_names
+    fig, axes = _figure(len(ms), width=5.5)
+    for ax, m in zip(axes, ms):
+        budgets, best = best_per_budget(result, m)
+        for k, (exp, per) in enumerate(best.items()):
+            b = sorted(per)
+            ax.plot(b, [per[x].scores[m] for x in b], marker="os^vD<>ph*"[k % 10],
+                    color=_COLORS.get(_family(exp), f"C{k % 10}"), linestyle="--" if _variant(exp) else "-",
+                    label=experiment_label(exp))
+        _baseline_line(ax, result.baseline[m], label="original score")
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets], minor=False)
+        ax.xaxis.set_minor_formatter("")
+        ax.set_xlabel("bytes per vector (the budgets PQ / OPQ were planned at, log scale)")
+        ax.set_ylabel(metric_column(m))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    _titles(fig, [(ax, f"best {metric_column(m)} at equal bytes") for ax, m in zip(axes, ms)], title)
+    return _save(fig, path)
+
+
 def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Path]:
     """PNG figures for the experiments present (one panel per metric):
 
@@ -622,6 +739,8 @@ def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Pat
     q_bits.png                         score vs removed bits, Q-B float64 and float32
     <fc...>_heatmap[_<metric>].png     FC score over dimensions x values, cells show bytes per vector (Fig. 5)
     bytes.png                          score vs bytes per vector, log x: FC, PQ, OPQ (best per size as a line)
+    equal_bytes.png                    the best score of every experiment at each byte budget PQ / OPQ were
+                                       planned at (`best_per_budget`): comparisons at exactly equal bytes
     """
     out_dir = Path(out_dir)
     exps = [e for e in _experiments(result) if e != "identity"]
@@ -650,6 +769,8 @@ def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Pat
     by_size = [e for e in exps if _family(e) in ("fc", "pq", "opq")]
     if by_size:
         paths.append(_plot_bytes(result, by_size, title, out_dir / "bytes.png"))
+    if any(best_per_budget(result, m)[0] for m in result.metric_names):
+        paths.append(_plot_equal_bytes(result, title, out_dir / "equal_bytes.png"))
     return paths
 
 
@@ -784,6 +905,12 @@ def write_html(
         "<p>For each experiment, the smallest setting that loses at most the given percentage of the "
         "original score (the paper's Table 3); – when none does.</p>",
         _html_table(header, rows),
+    ]
+    eq_header, eq_rows = equal_bytes_rows(result)
+    if eq_rows:
+        parts += ["<h2>Best score per byte budget</h2>", f"<p>{esc(_EQUAL_BYTES_WORDS)}</p>",
+                  _html_table(eq_header, eq_rows)]
+    parts += [
         "<h2>All results</h2>",
     ]
     for exp in exps:
@@ -814,7 +941,8 @@ def write_report(
 ) -> dict[str, list[Path] | Path]:
     """Write every file of the report into ``out_dir`` (created if needed).
 
-    Returns {"csv": [...], "json": Path, "plots": [...], "summary": [csv, md], "html": Path}.
+    Returns {"csv": [...], "json": Path, "plots": [...], "summary": [csv, md], "equal_bytes": [csv] (empty
+    without PQ / OPQ points), "html": Path}.
     """
     out_dir = Path(out_dir)
     title = title or f"Stress tests: {backbone} on {dataset}, layer {result.layer}"
@@ -824,5 +952,6 @@ def write_report(
         "json": write_json(result, out_dir, manifest),
         "plots": plots,
         "summary": write_summary(result, out_dir),
+        "equal_bytes": write_equal_bytes(result, out_dir),
         "html": write_html(result, out_dir, manifest, title, plots),
     }

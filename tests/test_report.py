@@ -239,7 +239,8 @@ def test_manifest():
 def test_plots_are_pngs(written):
     out, paths, _ = written
     assert sorted(p.name for p in paths["plots"]) == sorted(
-        ["dr_absolute.png", "dr_relative.png", "q_levels.png", "q_bits.png", "fc_heatmap.png", "bytes.png"]
+        ["dr_absolute.png", "dr_relative.png", "q_levels.png", "q_bits.png", "fc_heatmap.png", "bytes.png",
+         "equal_bytes.png"]
     )
     for p in paths["plots"]:
         data = p.read_bytes()
@@ -271,6 +272,43 @@ def test_summary(written):
     assert rows["FC"][3:] == ["", "1 B (4 dims, 4 values)"] + ["1 B (4 dims, 4 values)"] * 3
     md = (out / "summary.md").read_text()
     assert "| Q-1 | 80.000000 | – | 8 values |" in md.replace("| mAP ", "")
+
+
+def test_best_score_per_byte_budget(written):
+    """PQ and OPQ of the hand-made grid cost 1, 2 and 4 B: the budgets. At 1 B: Q-1 / Q-2 / Q-1 quantile at h = 2
+    (8 dims x 1 bit), FC 4 dims x 4 values (4 x 2 bits), PQ and OPQ M = 1; at 2 B: the h = 4 points, Q-B float32 with
+    30 bits removed (8 x 2 bits), PQ, OPQ; at 4 B: Q-B float64 with 60 bits removed, PQ, OPQ. FC's 0.5 B and Q-2's
+    3 B points have no PQ point of their size and are not compared; DR (8 B and more) has no point at any budget."""
+    out, paths, _ = written
+    res = make_result()
+    budgets, best = report.best_per_budget(res, "map")
+    assert budgets == [1.0, 2.0, 4.0]
+    got = {e: {b: p.scores["map"] for b, p in per.items()} for e, per in best.items()}
+    assert got == {
+        "q1": {1.0: 40.0, 2.0: 70.0}, "q1-quantile": {1.0: 60.0, 2.0: 77.0}, "q2": {1.0: 75.0, 2.0: 78.5},
+        "qb64": {4.0: 10.0}, "qb32": {2.0: 9.0}, "fc": {1.0: 79.0}, "pq": {1.0: 60.0, 2.0: 70.0, 4.0: 78.0},
+        "opq": {1.0: 64.0, 2.0: 74.0, 4.0: 79.0},
+    }  # fmt: skip
+    assert (best["fc"][1.0].dims, best["fc"][1.0].levels) == (4, 4)
+    header, rows = report.equal_bytes_rows(res)
+    assert header == ["Metric", "Bytes per vector", "Q-1", "Q-1 (quantile range)", "Q-2", "Q-B (float64)",
+                      "Q-B (float32)", "FC", "PQ", "OPQ"]  # fmt: skip
+    assert rows[0] == ["mAP", "1", "40.00 (2 values)", "60.00 (2 values)", "75.00 (2 values)", "", "",
+                       "79.00 (4 dims, 4 values)", "60.00 (M = 1)", "64.00 (M = 1, rotated to 4 dims)"]  # fmt: skip
+    assert rows[2][1:] == ["4", "", "", "", "10.00 (60 bits removed)", "", "", "78.00 (M = 4)",
+                           "79.00 (M = 4, rotated to 8 dims)"]  # fmt: skip
+    assert paths["equal_bytes"] == [out / "equal_bytes.csv"]
+    table = read_csv(out / "equal_bytes.csv")
+    assert table[0] == ["Metric", "Bytes per vector", "Experiment", "Score", "Setting"]
+    assert ["mAP", "1", "FC", "79.000000", "4 dims, 4 values"] in table and len(table) == 1 + 6 + 6 + 3
+    assert "## Best score per byte budget" in (out / "summary.md").read_text()
+    page = paths["html"].read_text()
+    assert "<h2>Best score per byte budget</h2>" in page and "<td>79.00 (4 dims, 4 values)</td>" in page
+    # without PQ / OPQ there is no budget to compare at: no table, no CSV, no plot
+    res.points = [p for p in res.points if p.experiment not in ("pq", "opq")]
+    assert report.best_per_budget(res, "map") == ([], {}) and report.equal_bytes_rows(res)[1] == []
+    assert report.write_equal_bytes(res, out / "none") == []
+    assert "equal_bytes.png" not in [p.name for p in report.write_plots(res, out / "none", "t")]
 
 
 def test_html_is_self_contained(written):
