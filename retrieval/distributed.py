@@ -329,8 +329,9 @@ def iter_descriptors(config: EncoderConfig, sources: Sequence, ray: str | RayCon
     an `Encoder(config, device, seed, jpeg_decode)` on the same files and options, equal and in the same order.
 
     ``timings``, when given, accumulates ``forward`` and ``decode`` seconds (summed over actors, so they can exceed
-    the wall time) and ``ray_start`` (session and actors), and counts ``redecoded`` (files decoded twice) and
-    ``actor_processes`` (processes that answered: more than the actors when one was restarted)."""
+    the wall time), ``ray_start`` (session; the actors start in the background) and ``first_batch`` (from the call
+    to the first batch: actors started, the first shard decoded and encoded), and counts ``redecoded`` (files
+    decoded twice) and ``actor_processes`` (processes that answered: more than the actors when one restarted)."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be 1 or more, got {batch_size}")
     if any(isinstance(s, np.ndarray) for s in sources):
@@ -338,7 +339,7 @@ def iter_descriptors(config: EncoderConfig, sources: Sequence, ray: str | RayCon
     cfg = RayConfig.of(ray)
     sources = list(sources)
     clock = timings if timings is not None else {}
-    for k in ("forward", "decode", "ray_start", "redecoded", "actor_processes"):
+    for k in ("forward", "decode", "ray_start", "first_batch", "redecoded", "actor_processes"):
         clock.setdefault(k, 0.0)
     if not sources:
         return
@@ -353,7 +354,12 @@ def iter_descriptors(config: EncoderConfig, sources: Sequence, ray: str | RayCon
                            *hooks) for _ in range(plan.actors)]
         try:
             clock["ray_start"] += time.perf_counter() - t0
-            yield from _stream(rt, pool, sources, plan.shard, batch_size, config.dim, progress, desc, clock)
+            first = True
+            for b in _stream(rt, pool, sources, plan.shard, batch_size, config.dim, progress, desc, clock):
+                if first:
+                    clock["first_batch"] += time.perf_counter() - t0
+                    first = False
+                yield b
         finally:
             for a in pool:
                 rt.kill(a)

@@ -227,8 +227,9 @@ def index_folder(folder: str | os.PathLike, db: str | os.PathLike, encoder: Enco
                                                        jpeg_decode=jpeg_decode, **run)
             # a provisional codec is refitted below: store descriptors only, code them after the fit
             apply = params if spec.frozen else None
-            skipped.update(_describe_into(store, batches, apply, plan.todo, keep_features or not spec.frozen,
-                                          timings))
+            with contextlib.closing(batches):  # on an error, the progress line ends (and Ray's actors go) first
+                skipped.update(_describe_into(store, batches, apply, plan.todo, keep_features or not spec.frozen,
+                                              timings))
         old = store.skip_records()
         if skipped != old:
             store.set_skipped(skipped, clear=[p for p in old if p not in skipped])

@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +185,9 @@ def search(dbs: Sequence[str | os.PathLike], queries: list, k: int = 10, symmetr
 # -- merging ----------------------------------------------------------------------------------------------------------
 @dataclass
 class MergeReport:
-    """What `merge` wrote: ``count`` images from ``shards`` (path, images), re-rooted at ``root``. Seconds."""
+    """What `merge` wrote: ``count`` images from ``shards`` (path, images), re-rooted at ``root``. ``seconds`` in
+    all; ``timings``: ``check`` (opening and checking the shards, paths), ``copy`` (codes, records, skipped files),
+    ``index`` (building the merged index), seconds."""
 
     db: Path
     count: int
@@ -195,9 +197,11 @@ class MergeReport:
     skipped: int
     features: bool
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def codes_per_s(self) -> float:
+        """Images merged per second, index building included."""
         return self.count / self.seconds if self.seconds > 0 else float("inf")
 
     def to_dict(self) -> dict:
@@ -215,9 +219,15 @@ def _merged_root(roots: list[str], root: str | os.PathLike | None) -> str:
     return root
 
 
-def _rerooted(rel: str, shard_root: str, root: str) -> str:
-    """A shard's relative path -> the same file's path relative to ``root`` ('/'-separated, as the store keeps)."""
-    return os.path.relpath(os.path.join(shard_root, rel), root).replace(os.sep, "/")
+def _prefix(shard_root: str, root: str) -> str:
+    """What goes before a shard's relative paths to make them relative to ``root``: '' or 'sub/dir/'."""
+    rel = os.path.relpath(shard_root, root).replace(os.sep, "/")
+    return "" if rel == "." else rel + "/"
+
+
+def _nested(roots: list[str]) -> bool:
+    """Whether a shard's folder is another's or inside it (only then can two shards hold the same file)."""
+    return any(i != j and os.path.commonpath([a, b]) == a for i, a in enumerate(roots) for j, b in enumerate(roots))
 
 
 def merge(dbs: Sequence[str | os.PathLike], out: str | os.PathLike, root: str | os.PathLike | None = None,
@@ -254,16 +264,19 @@ def merge(dbs: Sequence[str | os.PathLike], out: str | os.PathLike, root: str | 
         with_features = all(s.count("features") == s.count("files") for s in stores)
         spec, p = specs[0], params[0]
 
+        prefixes = [_prefix(r, new_root) for r in roots]
         # every path once: the same file in two shards is an error, not two images
         owner: dict[str, str] = {}
-        for db, s, r in zip(dbs, stores, roots):
-            for rel in s.files():
-                key = _rerooted(rel, r, new_root)
-                if key in owner:
-                    raise ConfigError(f"{os.path.join(new_root, key)} is in both {owner[key]} and {db}; merge "
-                                      "shards of different files")
-                owner[key] = str(db)
+        if _nested(roots):
+            for db, s, pre in zip(dbs, stores, prefixes):
+                for k, _ in s.raw_items("ids"):
+                    key = pre + os.fsdecode(k)
+                    if key in owner:
+                        raise ConfigError(f"{os.path.join(new_root, key)} is in both {owner[key]} and {db}; merge "
+                                          "shards of different files")
+                    owner[key] = str(db)
 
+        timings = {"check": time.perf_counter() - t0}
         tmp = out.parent / f".{out.name}.merging-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -271,27 +284,31 @@ def merge(dbs: Sequence[str | os.PathLike], out: str | os.PathLike, root: str | 
             with Store(tmp, write=True, create=True) as dst:
                 write_spec(dst, spec, p)
                 dst.put_meta({"root": os.fsencode(new_root)})
-                for db, s, r in zip(dbs, stores, roots):
-                    n = _copy(s, dst, r, new_root, p.code_size, spec.encoder.dim if with_features else None, chunk)
+                for db, s, pre in zip(dbs, stores, prefixes):
+                    n = _copy(s, dst, pre, p.code_size, spec.encoder.dim if with_features else None, chunk)
                     shards.append((str(db), n))
                     for rel, rec in s.skip_records().items():
-                        key = _rerooted(rel, r, new_root)
+                        key = pre + rel
                         if key not in owner:  # indexed by another shard: not a skipped file of the collection
                             skipped[key] = rec
                 if skipped:
                     dst.set_skipped(skipped)
+                t = time.perf_counter()
+                timings["copy"] = t - t0 - timings["check"]
                 refresh_index(dst, p, spec.index)
+                timings["index"] = time.perf_counter() - t
                 count = dst.count("files")
             os.rename(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return MergeReport(out, count, shards, new_root, p.code_size, len(skipped), with_features,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, timings)
 
 
-def _copy(src: Store, dst: Store, src_root: str, root: str, code_size: int, dim: int | None, chunk: int) -> int:
-    """Append every image of ``src`` to ``dst`` in id order, ``chunk`` per transaction; returns how many."""
+def _copy(src: Store, dst: Store, prefix: str, code_size: int, dim: int | None, chunk: int) -> int:
+    """Append every image of ``src`` to ``dst`` in id order, ``prefix`` before each path, ``chunk`` per transaction;
+    returns how many."""
     records = src.raw_items("files")
     feats = src.iter_arrays("features", dim, "<f4", batch=chunk) if dim is not None else None
     n = 0
@@ -303,7 +320,7 @@ def _copy(src: Store, dst: Store, src_root: str, root: str, code_size: int, dim:
                 raise DatabaseError(f"{src.path}: id {i} has a code but no file record; run `retr check --db "
                                     f"{src.path}`")
             rec = FileRecord.from_bytes(v)
-            recs.append(FileRecord(_rerooted(rec.path, src_root, root), rec.size, rec.mtime_ns, rec.blake2b))
+            recs.append(FileRecord(prefix + rec.path, rec.size, rec.mtime_ns, rec.blake2b) if prefix else rec)
         x = None
         if feats is not None:
             fids, x = next(feats)

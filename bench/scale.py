@@ -1,0 +1,266 @@
+"""Scale-out benchmark: describing on Ray (`retr index --ray`) against the local pipeline, and `retr merge`.
+
+    python -m bench.scale                              # 256 photos, efficientnet_lite0, batch 32, 3 rounds
+    python -m bench.scale --n-images 128 --rounds 2 --merge-codes 100000
+
+Data: `--n-images` seeded JPEG photos of `--image-size` pixels (bench/encode's `make_photos`: crops of the
+scikit-image photographs, quality 90). One Ray session (a local cluster of all the machine's CPUs) is started
+before the rounds and not counted (`ray_init_s` says what it cost); each Ray run starts its own actors, which is
+counted.
+
+Modes, interleaved for `--rounds` rounds (the order rotated each round), all on the CPU:
+
+- ``local``: the engine's pipeline in this process (`describe.iter_descriptors`: `--workers` decoding threads,
+  torch on its default threads);
+- ``ray 2x1``: `distributed.iter_descriptors` with 2 actors of 1 torch thread each (the issue's "2 actors on 2
+  cores"), `--workers` decoding threads each;
+- ``ray default``: `RayConfig()` as `retr index --ray` uses it: torch threads per actor = a local run's (so that
+  descriptors are bit for bit a local run's), actors = CPUs / threads (on 2 cores: 1 actor of 2 threads).
+
+Each mode is measured twice:
+
+- ``stream``: the descriptor stream alone (what `--ray` replaces): ``first_s`` from the call to the first batch
+  (local: the network loaded and the first batch; Ray: actors started, each loading the network, and the first
+  shard decoded and encoded) and ``steady_img_s``, the images after the first batch over the time after it: the
+  rate a long run approaches;
+- ``index``: `engine.index_folder` into a fresh database with a codec given (``codec_from``, as a large collection
+  is indexed once its codec is frozen), end to end: ``img_s`` = photos / the call's wall time, start-up included.
+
+``overhead`` = 1 - rate / local rate of the same round (positive: slower than local). ``others_cpu_share``: the share
+of the machine's CPU time (/proc/stat) that went to processes outside this benchmark's process tree (the Ray
+session included in the tree) while a mode ran: read it before the rates.
+
+Merge: `--merge-shards` databases of `--merge-codes` images in all, synthetic (random 64-byte codes and file
+records, one codec fitted on random 1,280-D descriptors: PCA 256, Q-2 h = 4), merged by `shards.merge` into a new
+database; ``copy_codes_s`` = images / the copy's seconds (codes, records, skipped files), ``codes_s`` with the flat
+index built over the merged codes too.
+
+Results: a table on stdout and `--out` (default bench/results/scale.json) with the machine and every rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import common
+from bench.encode import make_photos
+from retr.retrieval import codec as codec_mod
+from retr.retrieval import describe, distributed, engine, shards
+from retr.retrieval.codec import CodecConfig
+from retr.retrieval.database import write_spec
+from retr.retrieval.encoder import Encoder, EncoderConfig
+from retr.retrieval.images import walk_images
+from retr.retrieval.spec import FROZEN, DatabaseSpec
+from retr.retrieval.store import FileRecord, Store
+
+RESULTS = Path(__file__).parent / "results" / "scale.json"
+
+
+# -- the machine ------------------------------------------------------------------------------------------------------
+def tree_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds of ``pid`` (default: this process) and every process below it, waited-for children included."""
+    pid = os.getpid() if pid is None else pid
+    hz = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                v = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(v[1]), []).append(int(d))
+        cpu[int(d)] = sum(int(x) for x in v[11:15]) / hz  # utime stime cutime cstime
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += cpu.get(p, 0.0)
+        todo.extend(children.get(p, []))
+    return total
+
+
+def timed(fn) -> tuple[object, float, float | None]:
+    """Run ``fn``: (its value, wall seconds, share of the machine's CPU time that went to processes outside this
+    process tree meanwhile)."""
+    m0, c0, w0 = common.machine_cpu_s(), tree_cpu_s(), time.perf_counter()
+    value = fn()
+    wall = time.perf_counter() - w0
+    m1, c1 = common.machine_cpu_s(), tree_cpu_s()
+    others = None
+    if m0 is not None and m1 is not None:
+        others = max(0.0, (m1[0] - m0[0]) - (c1 - c0)) / max(m1[1] - m0[1], 1e-9)
+    return value, wall, others
+
+
+# -- encoding ----------------------------------------------------------------------------------------------------------
+def stream(make, n: int) -> dict:
+    """Consume the batches of ``make()``: time to the first batch and the steady rate after it."""
+    def run():
+        t0 = time.perf_counter()
+        first = None
+        count = first_n = 0
+        for b in make():
+            count += len(b.index)
+            if first is None:
+                first, first_n = time.perf_counter() - t0, len(b.index)
+        return first, first_n, count, time.perf_counter() - t0
+
+    (first, first_n, count, total), wall, others = timed(run)
+    if count != n:
+        raise RuntimeError(f"described {count} of {n} photos")
+    return {"first_s": first, "steady_img_s": (n - first_n) / (total - first), "wall_s": wall,
+            "img_s": n / wall, "others_cpu_share": others}
+
+
+def index(folder: Path, db: Path, n: int, **kw) -> dict:
+    rep, wall, others = timed(lambda: engine.index_folder(folder, db, progress=False, **kw))
+    if rep.added != n:
+        raise RuntimeError(f"indexed {rep.added} of {n} photos (skipped: {rep.skipped})")
+    return {"img_s": n / wall, "wall_s": wall, "others_cpu_share": others, "timings_s": rep.timings}
+
+
+def encoding(args, tmp: Path) -> dict:
+    import ray
+
+    folder = tmp / "photos"
+    make_photos(folder, args.n_images, args.image_size, seed=0)
+    paths, _ = walk_images(folder)
+    cfg = EncoderConfig.create(args.backbone, args.weights)
+    codec_db = tmp / "codec.retr"  # a frozen codec, lent to every index run
+    engine.index_folder(folder, codec_db, cfg, CodecConfig(), device="cpu", freeze=True, progress=False,
+                        batch_size=args.batch_size, workers=args.workers)
+    t = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    ray_init = time.perf_counter() - t
+    modes = {"local": None, "ray 2x1": distributed.RayConfig(actors=2, threads=1),
+             "ray default": distributed.RayConfig()}
+    run_kw = dict(batch_size=args.batch_size, workers=args.workers)
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            names = list(modes)
+            names = names[r % len(names):] + names[:r % len(names)]
+            out = {}
+            for name in names:
+                cfg_ray = modes[name]
+                if cfg_ray is None:
+                    def make():
+                        return describe.iter_descriptors(Encoder(cfg, device="cpu"), paths, **run_kw)
+                else:
+                    def make(c=cfg_ray):
+                        return distributed.iter_descriptors(cfg, paths, c, device="cpu", **run_kw)
+                s = stream(make, len(paths))
+                db = tmp / f"r{r}-{name.replace(' ', '-')}.retr"
+                i = index(folder, db, len(paths), codec_from=codec_db, device="cpu", ray=cfg_ray, **run_kw)
+                shutil.rmtree(db)
+                out[name] = {"stream": s, "index": i}
+                print(f"round {r}  {name:12s} stream: first {s['first_s']:5.1f} s, steady {s['steady_img_s']:6.1f} "
+                      f"img/s; index: {i['img_s']:6.1f} img/s end to end (others {s['others_cpu_share'] or 0:.0%})",
+                      flush=True)
+            for name in modes:
+                for part, key in (("stream", "steady_img_s"), ("index", "img_s")):
+                    out[name][part]["overhead"] = 1 - out[name][part][key] / out["local"][part][key]
+            rounds.append(out)
+    finally:
+        ray.shutdown()
+    summary = {name: {f"{part}_{key}_median": statistics.median(r[name][part][key] for r in rounds)
+                      for part, key in (("stream", "steady_img_s"), ("stream", "first_s"), ("index", "img_s"))}
+               for name in modes}
+    for name in modes:
+        for part, key in (("stream", "steady_img_s"), ("index", "img_s")):
+            summary[name][f"{part}_overhead_median"] = statistics.median(r[name][part]["overhead"] for r in rounds)
+    return {"photos": len(paths), "image_size": list(args.image_size), "backbone": args.backbone,
+            "weights": args.weights, "batch_size": args.batch_size, "workers": args.workers,
+            "ray_init_s": ray_init, "rounds": rounds, "median": summary}
+
+
+# -- merging -----------------------------------------------------------------------------------------------------------
+def make_shard(db: Path, spec: DatabaseSpec, params, root: str, n: int, first: int, seed: int) -> None:
+    """A database of ``n`` synthetic images (random codes, records of files that need not exist) under ``root``."""
+    rng = np.random.default_rng(seed)
+    with Store(db, write=True, create=True) as s:
+        write_spec(s, spec, params)
+        s.put_meta({"root": os.fsencode(root)})
+        for j in range(0, n, 65536):
+            m = min(65536, n - j)
+            codes = rng.integers(0, 256, (m, params.code_size), dtype=np.uint8)
+            recs = [FileRecord(f"{(first + j + i) // 1000:04d}/{first + j + i:09d}.jpg", 100_000, 0, "0" * 32)
+                    for i in range(m)]
+            s.add(recs, codes=codes)
+
+
+def merging(args, tmp: Path) -> dict:
+    x = np.random.default_rng(0).standard_normal((2000, 1280)).astype(np.float32)
+    params = codec_mod.fit(x, CodecConfig(dims=256, levels=4))
+    spec = DatabaseSpec(codec=params.config, codec_state=FROZEN)
+    per = args.merge_codes // args.merge_shards
+    dbs = []
+    for k in range(args.merge_shards):
+        dbs.append(tmp / f"shard{k}.retr")
+        make_shard(dbs[-1], spec, params, f"/data/shard{k}", per, k * per, seed=k)
+    out = tmp / "merged.retr"
+    rep, wall, others = timed(lambda: shards.merge(dbs, out))
+    return {"shards": args.merge_shards, "codes": rep.count, "code_size": rep.code_size, "seconds": rep.seconds,
+            "timings_s": rep.timings, "copy_codes_s": rep.count / rep.timings["copy"], "codes_s": rep.codes_per_s,
+            "others_cpu_share": others, "disk_bytes": sum(f.stat().st_size for f in out.iterdir())}
+
+
+def run(args: argparse.Namespace) -> dict:
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="retr-bench-scale-"))
+    try:
+        result = {"command": common.command("scale", args.argv),
+                  "machine": {"cpu": common.cpu_model(), "cores": os.cpu_count(), "load_avg": os.getloadavg(),
+                              "python": platform.python_version(), "torch": torch.__version__,
+                              "ray": ray.__version__, "torch_threads": torch.get_num_threads()}}
+        if not args.no_encoding:
+            result["encoding"] = encoding(args, tmp)
+        if args.merge_codes:
+            result["merge"] = merging(args, tmp)
+        result["machine"]["load_avg_after"] = os.getloadavg()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if "merge" in result:
+        m = result["merge"]
+        print(f"merge: {m['codes']:,} codes of {m['code_size']} B from {m['shards']} shards: copy "
+              f"{m['copy_codes_s']:,.0f} codes/s, with the index {m['codes_s']:,.0f} codes/s")
+    if "encoding" in result:
+        for name, s in result["encoding"]["median"].items():
+            print(f"{name:12s} steady {s['stream_steady_img_s_median']:6.1f} img/s (overhead "
+                  f"{s['stream_overhead_median']:+.0%}), first batch {s['stream_first_s_median']:.1f} s; index "
+                  f"{s['index_img_s_median']:6.1f} img/s end to end (overhead {s['index_overhead_median']:+.0%})")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-images", type=int, default=256)
+    ap.add_argument("--image-size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(500, 375))
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--weights", default="imagenet")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--merge-codes", type=int, default=200_000, help="images in all the shards (0: no merge)")
+    ap.add_argument("--merge-shards", type=int, default=2)
+    ap.add_argument("--no-encoding", action="store_true", help="only the merge")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    return common.main(ap, run, argv)
+
+
+if __name__ == "__main__":
+    main()
