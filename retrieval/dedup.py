@@ -32,9 +32,16 @@ from . import codec as codec_mod
 from .errors import ConfigError
 from .fileio import atomic_write
 
-# Measured by bench/dedup.py on the bundled photos, their tiles and seeded edits (README): the default codec's
-# pairs at this cosine have precision 1.0 there; see the README's table for the trade-off.
-DEFAULT_THRESHOLD = 0.8
+# The default thresholds, measured by bench/dedup.py on the bundled photos, their tiles and seeded edits (README
+# "Near-duplicates and query expansion"): on one draw of the edits (seed 0), the smallest cosine at which the groups'
+# precision reaches 0.95 for every codec of the family; checked on other draws. Cosines of PCA-reduced (centred)
+# vectors are much lower than those of raw CNN descriptors (all positive), and whitened ones lower still.
+DEFAULT_THRESHOLDS = {
+    "pca": 0.80,  # the default codec, PCA 256 + Q-2 h = 4
+    "pca-whitened": 0.26,  # PCA 256 whitened + Q-2 h = 4 (whitening fitted on 480 images only: see the README)
+    "uncentred": 0.93,  # no reduction or DR-1: float32 (--reduction none --quantizer none) 0.92, Q-2 h = 4 0.93
+}
+DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS["pca"]
 _CHUNK = 65536  # vectors decoded and searched at a time
 
 
@@ -89,10 +96,22 @@ class DedupReport:
                 "seconds": round(self.seconds, 3), "groups": [g.to_dict() for g in self.groups]}
 
 
-def check_options(threshold: float | None, k: int | None) -> float:
-    """The threshold to use (``DEFAULT_THRESHOLD`` for None); a threshold outside [-1, 1] or a k below 1 is a
-    user's mistake, refused in one line."""
-    t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+def threshold_family(config: codec_mod.CodecConfig | None = None) -> str:
+    """Which of ``DEFAULT_THRESHOLDS`` applies to a codec configuration (None: the default codec)."""
+    if config is None or config.reduction in ("pca", "dr2"):
+        return "pca-whitened" if config is not None and config.whiten else "pca"
+    return "uncentred"
+
+
+def default_threshold(config: codec_mod.CodecConfig | None = None) -> float:
+    """The measured default threshold for a database of this codec configuration (`threshold_family`)."""
+    return DEFAULT_THRESHOLDS[threshold_family(config)]
+
+
+def check_options(threshold: float | None, k: int | None, config: codec_mod.CodecConfig | None = None) -> float:
+    """The threshold to use (`default_threshold` of ``config`` for None); a threshold outside [-1, 1] or a k below 1
+    is a user's mistake, refused in one line."""
+    t = default_threshold(config) if threshold is None else float(threshold)
     if not -1.0 <= t <= 1.0:
         raise ConfigError(f"--threshold is a cosine similarity, between -1 and 1; got {threshold}")
     if k is not None and (not isinstance(k, (int, np.integer)) or k < 1):
@@ -170,12 +189,13 @@ def group(ids: np.ndarray, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> list[
 
 def find_groups(db: str | os.PathLike, threshold: float | None = None, k: int | None = None) -> DedupReport:
     """Every group of near-duplicates among the images of ``db`` (module doc): pairs scoring at least ``threshold``
-    (default `DEFAULT_THRESHOLD`) found by a range search over the database's index, or among each image's ``k``
-    nearest others; groups are their connected components, largest first."""
+    (default: `default_threshold` of the database's codec) found by a range search over the database's index, or
+    among each image's ``k`` nearest others; groups are their connected components, largest first."""
     from .engine import Engine
 
-    t = check_options(threshold, k)
+    check_options(threshold, k)
     with Engine(db) as eng:
+        t = check_options(threshold, k, eng.params.config)
         t0 = time.perf_counter()
         parts, all_ids = [], []
         with eng.store.snapshot():
@@ -244,5 +264,5 @@ def write_html(report: DedupReport, page: str | os.PathLike) -> Path:
     return atomic_write(page, text.encode())
 
 
-__all__ = ["DEFAULT_THRESHOLD", "DedupReport", "Group", "check_options", "components", "find_groups", "find_pairs",
-           "group", "to_csv", "write_html"]
+__all__ = ["DEFAULT_THRESHOLD", "DEFAULT_THRESHOLDS", "DedupReport", "Group", "check_options", "components",
+           "default_threshold", "find_groups", "find_pairs", "group", "threshold_family", "to_csv", "write_html"]

@@ -207,6 +207,15 @@ def test_dedup_errors_are_one_line(db, tmp_path):
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
 
 
-def test_help_states_the_default_threshold():
-    r = run("dedup", "--help")
-    assert f"[default: {dedup.DEFAULT_THRESHOLD:g}," in " ".join(r.output.split())
+def test_help_states_the_default_thresholds():
+    from retr.retrieval.codec import CodecConfig
+
+    text = " ".join(run("dedup", "--help").output.split())
+    t = dedup.DEFAULT_THRESHOLDS
+    assert (f"0.80 for PCA, {t['pca-whitened']:.2f} for whitened PCA, {t['uncentred']:.2f} without reduction or with "
+            "DR-1" in text) and t["pca"] == 0.80 == dedup.DEFAULT_THRESHOLD
+    assert dedup.default_threshold(CodecConfig()) == dedup.default_threshold() == t["pca"]
+    assert dedup.default_threshold(CodecConfig(reduction="dr2")) == t["pca"]
+    assert dedup.default_threshold(CodecConfig(whiten=True)) == t["pca-whitened"]
+    for cfg in (CodecConfig(reduction="none", quantizer="none"), CodecConfig(reduction="dr1", dims=8)):
+        assert dedup.default_threshold(cfg) == t["uncentred"]
