@@ -147,6 +147,8 @@ class Batcher:
                 finish()
 
     def _call(self, live: list) -> None:
+        self.batches += 1  # counted before any answer goes out, so a caller that got one sees its batch counted
+        self.items += len(live)
         try:
             results = self.fn([item for item, _ in live])
             if len(results) != len(live):
@@ -160,5 +162,3 @@ class Batcher:
                     fut.set_exception(r.error)
                 else:
                     fut.set_result(r)
-        self.batches += 1
-        self.items += len(live)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from conftest import run, write_families
 from retr.retrieval.engine import Engine
-from retr.retrieval.store import TXN_DELAY_ENV
+from retr.retrieval.store import TXN_DELAY_ENV, FileRecord, Store
 from retr.serve import ServeOptions, create_app
 
 with warnings.catch_warnings():  # starlette asks for httpx2; httpx (the [test] extra) still works
@@ -280,7 +280,54 @@ def test_a_missing_database_is_one_line(tmp_path):
     assert r.exit_code == 1 and r.output.startswith("Error: database") and len(r.output.strip().splitlines()) == 1
 
 
+def test_a_database_being_indexed_is_a_503_until_complete(indexed):
+    """A file stored with its descriptor but no code yet (retr index between a batch and the codec's fit): the server
+    starts, says it is not ready, answers 503, and serves once the state is complete again."""
+    db = copy_db(indexed, "unfinished.retr")
+    with Store(db, write=True) as s:
+        [i] = s.add([FileRecord("f00/late.png", 1, 1, "x")], features=np.zeros((1, len(indexed.vec)), np.float32))
+    with TestClient(create_app([db], options=ServeOptions(device="cpu", reload_s=0.05, decode_workers=1))) as c:
+        assert c.get("/health").json()["databases"] == {"unfinished": {"ready": False}}
+        for call in (lambda: c.get("/info"), lambda: c.post("/search", json={"id": 0})):
+            r = call()
+            assert r.status_code == 503 and "no complete state yet" in r.json()["error"]
+        code = f"from retr.retrieval.store import Store\nwith Store({str(db)!r}, write=True) as s: s.delete([{i}])"
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=120)  # another process: the writer
+        t_end = time.monotonic() + 20
+        while c.get("/health").json()["databases"]["unfinished"]["ready"] is False and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert c.post("/search", json={"id": 0, "k": 1}).json()["results"][0]["id"] == 0
+
+
 # -- batching ---------------------------------------------------------------------------------------------------------
+def test_batcher_waits_only_for_announced_items_and_isolates_failures():
+    from retr.serve.batcher import Batcher, Failure
+
+    sizes = []
+
+    def fn(items):
+        sizes.append(len(items))
+        return [Failure(ValueError(f"bad {x}")) if x < 0 else 2 * x for x in items]
+
+    b = Batcher(fn, max_batch=8, max_wait_s=2.0)
+    try:
+        t = time.monotonic()
+        assert b.submit(1).result(5) == 2 and time.monotonic() - t < 1.0  # nothing announced: no wait
+        ticket = b.announce()
+        first = b.submit(3)
+        time.sleep(0.2)
+        bad = b.submit(-1, b.announce())
+        late = b.submit(4, ticket)  # the announced item arrives: the batch stops waiting
+        assert first.result(5) == 6 and late.result(5) == 8
+        with pytest.raises(ValueError, match="bad -1"):
+            bad.result(5)
+        assert sizes == [1, 3]
+    finally:
+        b.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        b.submit(1).result(1)
+
+
 def test_concurrent_image_queries_share_forward_passes(indexed):
     db = copy_db(indexed, "batched.retr")
     names = [f"f{f:02d}/{v}.png" for f in range(4) for v in ("orig", "flip")]
