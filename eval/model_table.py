@@ -12,10 +12,13 @@
 
 Only the drawing functions import matplotlib (inside them).
 
-mAP is measured as in the paper: descriptors of the model *loaded back from its file*, PCA-whitened (learnt on the
-database descriptors: `codec` with whiten=True and no quantizer), L2-normalised, ranked by inner product, scored
-with `metrics.compute_map`. "Drop in mAP" is the base model's mAP minus the compressed model's, in mAP points
-(0-100 scale). Memory usage is the `.retrm` file's size in MB (10**6 bytes).
+mAP is measured as in the paper: descriptors of the model *loaded back from its file*, PCA-whitened, L2-normalised,
+ranked by inner product, scored with `metrics.compute_map`. The whitening (`codec` with whiten=True and no
+quantizer) is part of the model: learnt on the database descriptors of the table's first dataset, stored in each
+row's `.retrm` and counted in its size, then applied to every dataset. "Drop in mAP" is the base model's mAP minus
+the compressed model's, in mAP points (0-100 scale). Memory usage is the `.retrm` file's size in MB (10**6 bytes):
+the descriptor network (the backbone's layers up to the descriptor + NetVLAD) and its whitening, not the whole
+classification network ACPR count (AlexNet: 248.6 MB), so absolute MB are not comparable with their table.
 """
 
 from __future__ import annotations
@@ -32,27 +35,42 @@ import numpy as np
 
 from ..indexes.vectors import l2n
 from ..retrieval.backbones import get_spec, preprocess
-from ..retrieval.codec import CodecConfig, fit, reduce
+from ..retrieval.codec import CodecConfig, CodecParams, fit, reduce
 from ..retrieval.compress import PAPER_SETTINGS, CompressionConfig
 from ..retrieval.encoder import resolve_device
 from ..retrieval.errors import ConfigError
 from ..retrieval.images import read_image
-from ..retrieval.model_file import DescriptorNet, ModelConfig, ModelFile, build_model, read_model_file, save_model
+from ..retrieval.model_file import (DescriptorNet, ModelConfig, ModelFile, build_model, read_model_file, save_model,
+                                    store_whitening)
 from ..retrieval.train import TrainConfig, TrainResult, describe_paths, train
 from ..retrieval.fileio import atomic_write
 from . import metrics
 from .datasets import RetrievalDataset, load_dataset
 
-
+WHITENING_COLUMN = "Of which whitening (MB)"
+# What the counted file is, against what ACPR 2017 count (their Table: AlexNet, 248.6 MB for the base model).
+ACPR_NOTE = ("not the whole classification network ACPR 2017 count (AlexNet: 248.6 MB), so absolute MB are not "
+             "comparable with their table; the counting rule itself (kept weights x bits + pruning index + codebooks) "
+             "reproduces 5 of their 6 AlexNet rows within 0.6 MB")
 
 
 def retrieval_map(model: DescriptorNet, ds: RetrievalDataset, image_size: int = 224, whiten_dims: int | None = 256,
-                  device: str = "auto") -> float:
-    """mAP (0-100) of `model` on `ds`: descriptors, PCA-whitening learnt on the database (None: none), ranking.
+                  device: str = "auto", whitening: CodecParams | None = None) -> float:
+    """mAP (0-100) of `model` on `ds`: descriptors, PCA-whitening, ranking.
 
-    device: as everywhere in retr (`encoder.resolve_device`: auto = CUDA when present); the model runs there and
-    is moved back to where it was. The whitening keeps at most `whitening_dims(whiten_dims, n_db)` axes (a small
-    database cannot estimate more)."""
+    whitening: the one to apply (a model file's); without it, one is learnt on the database with at most
+    `whitening_dims(whiten_dims, n_db)` axes (a small database cannot estimate more), or none when whiten_dims is
+    None. device: as everywhere in retr (`encoder.resolve_device`: auto = CUDA when present); the model runs there
+    and is moved back to where it was."""
+    xdb, xq = describe_set(model, ds, image_size, device)
+    if whitening is None and whiten_dims is not None:
+        whitening = learn_whitening(xdb, whiten_dims)
+    return ranked_map(xdb, xq, ds, whitening)
+
+
+def describe_set(model: DescriptorNet, ds: RetrievalDataset, image_size: int = 224,
+                 device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(database, query) descriptors of `ds`, (n_db, d) and (n_q, d) float32, the model run on `device`."""
     dev = resolve_device(device)
     home = next(model.parameters()).device
     model.to(dev)
@@ -61,10 +79,19 @@ def retrieval_map(model: DescriptorNet, ds: RetrievalDataset, image_size: int = 
         xq = describe_paths(model, [q.path for q in ds.queries], [q.bbox for q in ds.queries], image_size, str(dev))
     finally:
         model.to(home)
-    if whiten_dims is not None:
-        p = whitening_dims(whiten_dims, len(xdb))
-        params = fit(xdb, CodecConfig(reduction="pca", dims=p, whiten=True, quantizer="none"))
-        xdb, xq = l2n(reduce(params, xdb)), l2n(reduce(params, xq))
+    return xdb, xq
+
+
+def learn_whitening(xdb: np.ndarray, whiten_dims: int) -> CodecParams:
+    """The PCA-whitening of descriptors xdb (n_db, d): `whitening_dims(whiten_dims, n_db)` axes, float32."""
+    return fit(xdb, CodecConfig(reduction="pca", dims=whitening_dims(whiten_dims, len(xdb)), whiten=True,
+                                quantizer="none"))
+
+
+def ranked_map(xdb: np.ndarray, xq: np.ndarray, ds: RetrievalDataset, whitening: CodecParams | None) -> float:
+    """mAP (0-100) of ranking xdb for each of xq by inner product, after `whitening` (if any) and L2 normalisation."""
+    if whitening is not None:
+        xdb, xq = l2n(reduce(whitening, xdb)), l2n(reduce(whitening, xq))
     ranks = np.argsort(-(xq @ xdb.T), axis=1, kind="stable").T
     return 100.0 * metrics.compute_map(ranks, ds.gnd)[0]
 
@@ -159,19 +186,31 @@ def make_model(out: str | os.PathLike, config: ModelConfig | None = None, compre
 class ModelTable:
     """The table's rows, computed by `compute_model_table`: one dict per row with the CSV's columns (`columns`),
     the keys `mAP (<name>)` of each dataset, `bits` (None for the base model) and `file` (its .retrm); the datasets'
-    names; the PCA-whitening axes used on each (None: no whitening); and, once drawn, the files written
-    (name -> path)."""
+    names; the PCA-whitening axes used on each (None: no whitening); what each file holds, in words (`stored`);
+    and, once drawn, the files written (name -> path)."""
 
     rows: list[dict]
     datasets: list[str]
     whiten_dims: dict[str, int | None] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    stored: str = ""
 
     @property
     def columns(self) -> list[str]:
         return (["Method", "Threshold for pruning", "Percentage of parameters pruned"]
                 + [f"Drop in mAP ({d})" for d in self.datasets] + ["Memory usage (MB)"]
-                + [f"mAP ({d})" for d in self.datasets])
+                + [f"mAP ({d})" for d in self.datasets] + [WHITENING_COLUMN] * self.counts_whitening)
+
+    @property
+    def counts_whitening(self) -> bool:
+        """Whether the rows say how much of each file is whitening (every table computed since files store it)."""
+        return any(WHITENING_COLUMN in r for r in self.rows)
+
+    @property
+    def note(self) -> str:
+        """One line under the table: what "Memory usage" counts, and why it is not ACPR's MB."""
+        held = f"the descriptor network ({self.stored})" if self.stored else "the descriptor network"
+        return f"Memory usage = size of the .retrm file, 10^6 bytes: {held}; {ACPR_NOTE}."
 
 
 def compute_model_table(base: DescriptorNet, datasets: dict[str, RetrievalDataset], out: str | os.PathLike,
@@ -181,8 +220,11 @@ def compute_model_table(base: DescriptorNet, datasets: dict[str, RetrievalDatase
     """The paper's table for `base` on `datasets` (column label -> dataset): the rows, nothing drawn (module doc).
 
     base: the (fine-tuned) float32 model, left unchanged; each row's model is written to out/models/*.retrm and
-    loaded back before it is measured (its size on disk is the row's memory usage). method: the base row's name
-    (default e.g. "alexnet + NetVLAD + whitening"). device: auto = CUDA when present (`encoder.resolve_device`).
+    loaded back before it is measured (its size on disk is the row's memory usage). With whiten_dims, each row's
+    PCA-whitening (at most `whitening_dims(whiten_dims, n_db)` axes) is learnt on its own descriptors of the first
+    dataset's database, stored in its file (counted in its memory usage, and in "Of which whitening (MB)") and
+    applied to every dataset as read back from the file. method: the base row's name (default e.g. "alexnet +
+    NetVLAD + whitening"). device: auto = CUDA when present (`encoder.resolve_device`).
     """
     models = Path(out) / "models"
     # No pruning and float32 weights store the values as they are: `base` is not modified.
@@ -190,6 +232,7 @@ def compute_model_table(base: DescriptorNet, datasets: dict[str, RetrievalDatase
     c = base.config
     pool = "NetVLAD" if c.pooling == "netvlad" else (c.pooling or c.layer).upper()
     name = method or f"{c.backbone} + {pool}" + (" + whitening" if whiten_dims else "") + " (base model)"
+    first = next(iter(datasets))
     rows = []
     base_maps = {}
     for bits, t in ((None, 0.0), *settings):
@@ -197,20 +240,28 @@ def compute_model_table(base: DescriptorNet, datasets: dict[str, RetrievalDatase
             mf = base_file
         else:
             mf = save_model(base_file.build(), models / f"b{bits}_t{t:g}.retrm", CompressionConfig(t, bits, codebook))
-        model = mf.build()
-        maps = {d: retrieval_map(model, ds, image_size, whiten_dims, device) for d, ds in datasets.items()}
+        x = {d: describe_set(mf.build(), ds, image_size, device) for d, ds in datasets.items()}
+        if whiten_dims is not None:
+            # the whitening is part of the model: stored in its file and counted, then read back from it
+            mf = store_whitening(mf.path, learn_whitening(x[first][0], whiten_dims))
+        maps = {d: ranked_map(*x[d], ds, mf.whitening) for d, ds in datasets.items()}
         if bits is None:
-            base_maps = maps
+            base_maps, base_whitening = maps, mf.whitening
         row = {"Method": name if bits is None else f"{bits} bits quantization", "Threshold for pruning": t,
                "Percentage of parameters pruned": mf.prune.percent, "Memory usage (MB)": mf.megabytes,
-               "bits": bits, "file": str(mf.path)}
+               WHITENING_COLUMN: mf.whitening_bytes / 1e6, "bits": bits, "file": str(mf.path)}
         for d in datasets:
             row[f"Drop in mAP ({d})"] = base_maps[d] - maps[d]
             row[f"mAP ({d})"] = maps[d]
         rows.append(row)
-    return ModelTable(rows, list(datasets), {d: None if whiten_dims is None else
-                                             whitening_dims(whiten_dims, len(ds.db_paths))
-                                             for d, ds in datasets.items()})
+    stored = f"{c.backbone} conv layers" if c.layer == "conv" else f"{c.backbone} layers up to {c.layer}"
+    if c.pooling:
+        stored += f" + {pool}" + (f" (K = {c.netvlad_k})" if c.pooling == "netvlad" else "")
+    if base_whitening is not None:
+        w = base_whitening
+        stored += f" + PCA-whitening {w.dims} x {w.input_dim} float32, learnt on {first}'s database"
+    return ModelTable(rows, list(datasets), {d: None if base_whitening is None else base_whitening.dims
+                                             for d in datasets}, stored=stored)
 
 
 def model_table(base: DescriptorNet, datasets: dict[str, RetrievalDataset], out: str | os.PathLike,
@@ -236,14 +287,15 @@ def table_text(table: ModelTable) -> tuple[list[str], list[list[str]]]:
         line = [r["Method"], f"{r['Threshold for pruning']:g}", f"{r['Percentage of parameters pruned']:.2f}"]
         line += [f"{r[f'Drop in mAP ({d})']:.1f}%" for d in table.datasets]
         line += [f"{r['Memory usage (MB)']:.2f}"] + [f"{r[f'mAP ({d})']:.2f}" for d in table.datasets]
-        rows.append(line)
+        rows.append(line + ([f"{r[WHITENING_COLUMN]:.2f}"] if table.counts_whitening else []))
     return table.columns, rows
 
 
 def markdown(table: ModelTable) -> str:
+    """The table in markdown, then its note (`ModelTable.note`) on one line."""
     header, rows = table_text(table)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + f"\n\n{table.note}\n"
 
 
 def html_section(table: ModelTable, png: Path | None = None) -> str:
@@ -257,8 +309,8 @@ def html_section(table: ModelTable, png: Path | None = None) -> str:
     if png is not None and png.exists():
         img = f'<img alt="mAP vs memory" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">'
     return (f"<section><h2>Compressed network: mAP vs memory</h2><table><tr>{th}</tr>{trs}</table>{img}"
-            "<p>Drop in mAP in mAP points against the base model; memory = size of the .retrm file (10<sup>6</sup>"
-            " bytes).</p></section>")
+            "<p>Drop in mAP in mAP points against the base model.</p>"
+            f"<p>{html.escape(table.note)}</p></section>")
 
 
 def _atomic_text(path: Path, text: str) -> Path:
@@ -276,9 +328,10 @@ def write_csv(table: ModelTable, path: str | os.PathLike) -> Path:
 
 
 def write_json(table: ModelTable, path: str | os.PathLike) -> Path:
-    """{"version": 1, "datasets", "whiten_dims", "rows"}: every key of every row, full precision."""
+    """{"version": 1, "datasets", "whiten_dims", "stored", "note", "rows"}: every key of every row, full precision."""
     return _atomic_text(Path(path), json.dumps({"version": 1, "datasets": table.datasets,
-                                                "whiten_dims": table.whiten_dims, "rows": table.rows}, indent=1))
+                                                "whiten_dims": table.whiten_dims, "stored": table.stored,
+                                                "note": table.note, "rows": table.rows}, indent=1))
 
 
 def write_markdown(table: ModelTable, path: str | os.PathLike) -> Path:

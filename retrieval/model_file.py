@@ -11,11 +11,15 @@ The `.retrm` file (version MODEL_FILE_VERSION), written atomically, no pickle:
 
 header: {"format": "retr-model", "version", "model": ModelConfig, "compression": CompressionConfig,
 "prune": PruneReport, "dim", "tensors": [{"name", "shape", "dtype", "kind": "dense" | "coded", "mask", "bits",
-"n_kept"}], "payload_bytes", "payload_sha256"}. The payload holds, tensor after tensor, in header order:
+"n_kept"}], ["whitening": {"bytes", "dims", "n_train"}], "payload_bytes", "payload_sha256"}. The payload holds,
+tensor after tensor, in header order:
   dense: the array's bytes (little-endian, C order);
   coded: [the mask, ceil(n / 8) bytes, np.packbits little bit order, when "mask" is true (some weights pruned)]
          then the kept weights in flat order: ceil(n_kept * bits / 8) bytes of packed codes followed by the
-         codebook (2**bits float32), or, when bits is null, n_kept float32.
+         codebook (2**bits float32), or, when bits is null, n_kept float32;
+then, version 2 with "whitening" only: the descriptor's PCA-whitening as a `codec.CodecParams` blob ("bytes" long;
+reduction pca, whiten, no quantizer: mean (d,), components (p, d), variances (p,) float32, ~4 p d bytes: 16.8 MB for
+256 axes of AlexNet + NetVLAD's 16,384 dims). A file without whitening is written as version 1, as before it existed.
 So the file's size is 12 + len(header) + the sum of those byte counts; `retr model info` reports it as the memory
 usage in MB (10**6 bytes). Loading rebuilds the module on the meta device, allocates it, zeroes it and fills the
 stored tensors; parameters the descriptor does not use (AlexNet's classifier) are not stored and load as zeros.
@@ -35,12 +39,13 @@ import torch
 from torch import nn
 
 from .backbones import DEFAULT_BACKBONE, Backbone, get_spec, load_backbone
+from .codec import CodecParams
 from .compress import CompressedTensor, CompressionConfig, PruneReport, compress_state, pack_codes, unpack_codes
 from .fileio import atomic_write
-from .errors import ConfigError, WeightsUnavailable
+from .errors import ConfigError, DatabaseError, WeightsUnavailable
 from .pooling import LEARNT_POOLINGS, POOLINGS, NetVLAD, Pooling, init_netvlad, l2n
 
-MODEL_FILE_VERSION = 1
+MODEL_FILE_VERSION = 2  # 2: an optional PCA-whitening section; version 1 files (none) still load
 MODEL_CONFIG_VERSION = 1
 MAGIC = b"RETRMODL"
 _LEN = struct.Struct("<I")
@@ -200,7 +205,8 @@ def _empty_model(config: ModelConfig) -> DescriptorNet:
 
 @dataclass
 class ModelFile:
-    """A read `.retrm`: its configurations, pruning counts, tensors (stored form) and size on disk in bytes."""
+    """A read `.retrm`: its configurations, pruning counts, tensors (stored form), size on disk in bytes, and the
+    PCA-whitening of its descriptors when it stores one (None otherwise)."""
 
     path: Path
     config: ModelConfig
@@ -209,11 +215,17 @@ class ModelFile:
     tensors: dict[str, CompressedTensor]
     file_bytes: int
     header: dict
+    whitening: CodecParams | None = None
 
     @property
     def megabytes(self) -> float:
-        """Memory usage in MB (10**6 bytes): the file's size."""
+        """Memory usage in MB (10**6 bytes): the file's size, whitening included."""
         return self.file_bytes / 1e6
+
+    @property
+    def whitening_bytes(self) -> int:
+        """Bytes of the payload that hold the whitening (0 without)."""
+        return int(self.header.get("whitening", {}).get("bytes", 0)) if self.whitening is not None else 0
 
     def build(self) -> DescriptorNet:
         """The network with the stored tensors decoded to float (eval mode, CPU)."""
@@ -245,11 +257,29 @@ def expected_tensor_bytes(n: int, n_kept: int, bits: int | None, masked: bool) -
     return index + (n_kept * 4 if bits is None else -(-n_kept * bits // 8) + 4 * (1 << bits))
 
 
+def check_whitening(whitening: CodecParams, dim: int) -> None:
+    """ConfigError unless `whitening` is a PCA-whitening without quantizer of `dim`-dimensional descriptors."""
+    c = whitening.config
+    if c.reduction not in ("pca", "dr2") or not c.whiten or c.quantizer != "none" or whitening.input_dim != dim:
+        raise ConfigError(f"a model's whitening must be a PCA-whitening without quantizer of its {dim}-dim "
+                          f"descriptors, not {whitening.label()} of {whitening.input_dim} dims")
+
+
 def write_model_file(path: str | os.PathLike, config: ModelConfig, compression: CompressionConfig,
-                     tensors: dict[str, CompressedTensor], prune: PruneReport) -> Path:
-    """Write a `.retrm` atomically (temporary file in the same folder, then os.replace); returns its path."""
+                     tensors: dict[str, CompressedTensor], prune: PruneReport,
+                     whitening: CodecParams | None = None) -> Path:
+    """Write a `.retrm` atomically (temporary file in the same folder, then os.replace); returns its path.
+
+    whitening: the PCA-whitening of the descriptors (`codec.fit` with reduction pca, whiten, quantizer none) to
+    store with the network (version 2); None writes a version 1 file."""
     path = Path(path)
     payload = b"".join(b for c in tensors.values() for b in _tensor_bytes(c))
+    extra = {}
+    if whitening is not None:
+        check_whitening(whitening, config.dim)
+        blob = whitening.to_bytes()
+        payload += blob
+        extra = {"whitening": {"bytes": len(blob), "dims": whitening.dims, "n_train": whitening.n_train}}
     entries = []
     for c in tensors.values():
         e = {"name": c.name, "shape": list(c.shape), "dtype": c.dtype}
@@ -258,19 +288,28 @@ def write_model_file(path: str | os.PathLike, config: ModelConfig, compression: 
         else:
             e.update(kind="coded", mask=c.mask is not None, bits=c.bits, n_kept=c.n_kept)
         entries.append(e)
-    header = {"format": "retr-model", "version": MODEL_FILE_VERSION, "model": config.to_dict(),
+    header = {"format": "retr-model", "version": MODEL_FILE_VERSION if extra else 1, "model": config.to_dict(),
               "compression": compression.to_dict(), "prune": prune.to_dict(), "dim": config.dim,
-              "tensors": entries, "payload_bytes": len(payload),
+              "tensors": entries, **extra, "payload_bytes": len(payload),
               "payload_sha256": hashlib.sha256(payload).hexdigest()}
     head = json.dumps(header, separators=(",", ":")).encode()
     return atomic_write(path, MAGIC + _LEN.pack(len(head)) + head + payload)
 
 
 def save_model(model: DescriptorNet, path: str | os.PathLike,
-               compression: CompressionConfig = CompressionConfig()) -> ModelFile:
-    """Prune and quantize `model` in place (so it computes what the file will give) and write it to `path`."""
+               compression: CompressionConfig = CompressionConfig(), whitening: CodecParams | None = None) -> ModelFile:
+    """Prune and quantize `model` in place (so it computes what the file will give) and write it to `path`, with
+    the PCA-whitening of its descriptors if given."""
     tensors, report = compress_state(model.stored_state(), compression)
-    write_model_file(path, model.config, compression, tensors, report)
+    write_model_file(path, model.config, compression, tensors, report, whitening)
+    return read_model_file(path)
+
+
+def store_whitening(path: str | os.PathLike, whitening: CodecParams | None) -> ModelFile:
+    """Rewrite the `.retrm` at `path` with the same network (its stored tensors as they are: nothing is compressed
+    again) and `whitening` in place of the one it had (None: drop it)."""
+    f = read_model_file(path)
+    write_model_file(path, f.config, f.compression, f.tensors, f.prune, whitening)
     return read_model_file(path)
 
 
@@ -320,8 +359,15 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
             c.codes = unpack_codes(take(-(-k * bits // 8), "u1"), k, bits)
             c.codebook = take(4 * (1 << bits), "<f4").astype(np.float32)
         tensors[e["name"]] = c
+    whitening = None
+    if "whitening" in header:
+        try:
+            whitening = CodecParams.from_bytes(bytes(take(int(header["whitening"]["bytes"]), "u1")))
+            check_whitening(whitening, header["dim"])
+        except (DatabaseError, ConfigError) as e:
+            raise WeightsUnavailable(f"{path}: its whitening is unreadable ({e}); {redo}") from None
     return ModelFile(path, ModelConfig.from_dict(header["model"]), CompressionConfig.from_dict(header["compression"]),
-                     PruneReport.from_dict(header["prune"]), tensors, len(blob), header)
+                     PruneReport.from_dict(header["prune"]), tensors, len(blob), header, whitening)
 
 
 def load_model_file(path: str | os.PathLike) -> tuple[Backbone, nn.Module | None, int]:

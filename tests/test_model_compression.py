@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from retr.retrieval.compress import (
     unpack_codes,
 )
 from retr.retrieval.errors import ConfigError, WeightsUnavailable
+from retr.retrieval.codec import CodecConfig, fit
 from retr.retrieval.model_file import (
     ModelConfig,
     build_model,
@@ -31,6 +33,7 @@ from retr.retrieval.model_file import (
     load_model_file,
     read_model_file,
     save_model,
+    store_whitening,
     used_backbone_parameters,
     write_model_file,
 )
@@ -203,6 +206,56 @@ def test_corrupt_or_foreign_files_are_refused(small_model, tmp_path):
         read_model_file(tmp_path / "x.retrm")
 
 
+# A .retrm written by retr before files could hold a whitening (model file version 1): one dense 2 x 2 tensor.
+OLD_FILE = (
+    b'RETRMODL\xf1\x01\x00\x00{"format":"retr-model","version":1,"model":{"backbone":"alexnet","layer":"conv",'
+    b'"weights":"imagenet","pooling":"netvlad","netvlad_k":2,"netvlad_alpha":100.0,"gem_p":3.0,"version":1},'
+    b'"compression":{"threshold":0.0,"bits":null,"codebook":"linear"},"prune":{"n":0,"pruned":0,"percent":0.0,'
+    b'"layers":[]},"dim":512,"tensors":[{"name":"pool.centroids","shape":[2,2],"dtype":"float32","kind":"dense"}],'
+    b'"payload_bytes":16,"payload_sha256":"ad73b9acd6e4a74b2f5bb5386658ce3bb146cd040a1867646ab3b973fb6632b1"}'
+    b"\x00\x00\x80?\x00\x00\x00@\x00\x00@@\x00\x00\x80@"
+)
+
+
+def test_whitening_is_stored_in_the_file_and_counted(tmp_path):
+    """NetVLAD K = 2 on AlexNet's 256 channels: 512-dim descriptors; a whitening of 3 axes is mean (512) + components
+    (3 x 512) + variances (3) + the codec's lo / hi (3 + 3) float32, plus its header: all in the file's size."""
+    cfg = ModelConfig(backbone="alexnet", netvlad_k=2)
+    tensors = {"pool.centroids": CompressedTensor("pool.centroids", (2, 2),
+                                                  dense=np.array([[1, 2], [3, 4]], np.float32))}
+    old = tmp_path / "old.retrm"
+    old.write_bytes(OLD_FILE)
+    f1 = read_model_file(old)  # version 1 still loads: no whitening
+    assert f1.whitening is None and f1.whitening_bytes == 0 and f1.header["version"] == 1
+    assert np.array_equal(f1.tensors["pool.centroids"].decode(), [[1, 2], [3, 4]])
+    # without a whitening the file is written as before, byte for byte (older retr read it)
+    assert write_model_file(tmp_path / "v1.retrm", cfg, CompressionConfig(), tensors, PruneReport(())).read_bytes() \
+        == OLD_FILE
+    x = np.random.default_rng(0).standard_normal((20, 512)).astype(np.float32)
+    w = fit(x, CodecConfig(reduction="pca", dims=3, whiten=True, quantizer="none"))
+    blob = w.to_bytes()
+    path = write_model_file(tmp_path / "w.retrm", cfg, CompressionConfig(), tensors, PruneReport(()), w)
+    f2 = read_model_file(path)
+    hlen = int.from_bytes(path.read_bytes()[8:12], "little")
+    assert len(blob) == 12 + int.from_bytes(blob[8:12], "little") + 4 * (512 + 3 * 512 + 3 + 3 + 3)
+    assert f2.file_bytes == 12 + hlen + 16 + len(blob) and f2.whitening_bytes == len(blob)
+    assert f2.header["version"] == 2 and f2.header["whitening"] == {"bytes": len(blob), "dims": 3, "n_train": 20}
+    assert f2.whitening.fingerprint() == w.fingerprint()
+    assert np.array_equal(f2.whitening.components, w.components)
+    # attached to / removed from an existing file: the network's stored tensors are kept as they are
+    f3 = store_whitening(old, w)
+    assert f3.file_bytes == f2.file_bytes and f3.whitening.fingerprint() == w.fingerprint()
+    assert store_whitening(old, None).path.read_bytes() == OLD_FILE
+    with pytest.raises(ConfigError, match="PCA-whitening without quantizer of its 512-dim"):
+        write_model_file(tmp_path / "bad.retrm", cfg, CompressionConfig(), tensors, PruneReport(()),
+                         fit(x, CodecConfig(reduction="pca", dims=3, quantizer="none")))
+    blob2 = bytearray(path.read_bytes())
+    blob2[-1] ^= 1  # the checksum covers the whitening too
+    (tmp_path / "bad.retrm").write_bytes(bytes(blob2))
+    with pytest.raises(WeightsUnavailable, match="corrupt"):
+        read_model_file(tmp_path / "bad.retrm")
+
+
 # --- fine-tuning -------------------------------------------------------------------------------------------------
 
 
@@ -291,6 +344,33 @@ def test_model_table_and_cli(small_model, tmp_path):
     assert read_model_file(tmp_path / "c.retrm").compression == CompressionConfig(0.05, 4)
     res = CliRunner().invoke(main, ["model", "info", str(tmp_path / "nope.retrm")])
     assert res.exit_code == 1 and "cannot read model file" in res.output
+
+
+@pytest.mark.slow
+def test_model_table_stores_and_counts_its_whitening(small_model, tmp_path):
+    """With whitening, every row's file holds the PCA-whitening learnt on its descriptors of the database, its size
+    counts it, and the mAP is the one of that whitening read back (what retrieval_map learns on the fly)."""
+    from retr.eval.model_table import html_section, markdown, retrieval_map
+
+    ds = build_synthetic(tmp_path / "syn", n_families=3, per_family=3, size=64, seed=2)
+    t = compute_model_table(small_model[0], {"synthetic": ds}, tmp_path / "table", ((8, 0.01),), image_size=SIZE,
+                            whiten_dims=256, device="cpu")
+    assert t.whiten_dims == {"synthetic": 1}  # whitening_dims(256, 9 database images) = 9 // 8
+    for row in t.rows:
+        f = read_model_file(row["file"])
+        assert f.whitening is not None and f.whitening.dims == 1 and f.whitening.n_train == 9
+        assert row["Memory usage (MB)"] == f.file_bytes / 1e6 == Path(row["file"]).stat().st_size / 1e6
+        assert row["Of which whitening (MB)"] == f.whitening_bytes / 1e6 > 4 * (2 * 1024) / 1e6
+        assert row["mAP (synthetic)"] == pytest.approx(retrieval_map(f.build(), ds, SIZE, 256, "cpu"), abs=1e-9)
+    assert t.rows[0]["Method"] == "alexnet + NetVLAD + whitening (base model)"
+    assert t.stored == ("alexnet conv layers + NetVLAD (K = 4) + PCA-whitening 1 x 1024 float32, learnt on "
+                        "synthetic's database")
+    md = markdown(t)
+    assert md.splitlines()[0].endswith("| mAP (synthetic) | Of which whitening (MB) |")
+    assert md.splitlines()[-1] == t.note and "not the whole classification network ACPR 2017 count (AlexNet: " \
+        "248.6 MB), so absolute MB are not comparable with their table" in t.note
+    assert "Memory usage = size of the .retrm file, 10^6 bytes: the descriptor network (alexnet conv" in t.note
+    assert "248.6 MB" in html_section(t)
 
 
 @pytest.mark.gpu
