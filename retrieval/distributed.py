@@ -151,6 +151,7 @@ class ShardMeta:
     skipped: list[tuple[int, str]]
     seconds: float = 0.0
     pid: int = 0
+    ready_at: float = 0.0  # time.time() when this actor's process had loaded the network
 
 
 @dataclass
@@ -196,6 +197,7 @@ class ShardWorker:
         self.encoder = Encoder(config, device=device, seed=seed, jpeg_decode=jpeg_decode)
         self.batch_size, self.workers, self.timeout_s = batch_size, workers, timeout_s
         self.delay_s, self.trace = delay_s, trace
+        self.ready_at = time.time()
         self._held: dict[int, list] = {}
         self._lock = threading.Lock()
 
@@ -220,7 +222,7 @@ class ShardWorker:
             ok.extend(b.index)
             stamps.extend(b.stamps)
             skipped.extend(b.skipped)
-        return enc.kept, ShardMeta(ok, stamps, sorted(skipped), time.perf_counter() - t, os.getpid())
+        return enc.kept, ShardMeta(ok, stamps, sorted(skipped), time.perf_counter() - t, os.getpid(), self.ready_at)
 
     def decode(self, k: int, paths: Sequence) -> ShardMeta:
         """Decode shard ``k`` (its file paths) and keep its tensors for `encode`."""
@@ -329,9 +331,10 @@ def iter_descriptors(config: EncoderConfig, sources: Sequence, ray: str | RayCon
     an `Encoder(config, device, seed, jpeg_decode)` on the same files and options, equal and in the same order.
 
     ``timings``, when given, accumulates ``forward`` and ``decode`` seconds (summed over actors, so they can exceed
-    the wall time), ``ray_start`` (session; the actors start in the background) and ``first_batch`` (from the call
-    to the first batch: actors started, the first shard decoded and encoded), and counts ``redecoded`` (files
-    decoded twice) and ``actor_processes`` (processes that answered: more than the actors when one restarted)."""
+    the wall time), ``ray_start`` (session; the actors start in the background), ``actors_ready`` (from the call
+    until the first actor had loaded the network) and ``first_batch`` (from the call to the first batch), and counts
+    ``redecoded`` (files decoded twice) and ``actor_processes`` (processes that answered: more than the actors when
+    one restarted)."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be 1 or more, got {batch_size}")
     if any(isinstance(s, np.ndarray) for s in sources):
@@ -339,11 +342,11 @@ def iter_descriptors(config: EncoderConfig, sources: Sequence, ray: str | RayCon
     cfg = RayConfig.of(ray)
     sources = list(sources)
     clock = timings if timings is not None else {}
-    for k in ("forward", "decode", "ray_start", "first_batch", "redecoded", "actor_processes"):
+    for k in ("forward", "decode", "ray_start", "actors_ready", "first_batch", "redecoded", "actor_processes"):
         clock.setdefault(k, 0.0)
     if not sources:
         return
-    t0 = time.perf_counter()
+    t0, t0_epoch = time.perf_counter(), time.time()
     with session(cfg.address) as rt:
         plan = _plan(rt, cfg, len(sources), batch_size, device)
         hooks = float(os.environ.get(DELAY_ENV) or 0), os.environ.get(TRACE_ENV) or None
@@ -355,7 +358,8 @@ def iter_descriptors(config: EncoderConfig, sources: Sequence, ray: str | RayCon
         try:
             clock["ray_start"] += time.perf_counter() - t0
             first = True
-            for b in _stream(rt, pool, sources, plan.shard, batch_size, config.dim, progress, desc, clock):
+            for b in _stream(rt, pool, sources, plan.shard, batch_size, config.dim, progress, desc, clock,
+                             t0_epoch):
                 if first:
                     clock["first_batch"] += time.perf_counter() - t0
                     first = False
@@ -366,7 +370,7 @@ def iter_descriptors(config: EncoderConfig, sources: Sequence, ray: str | RayCon
 
 
 def _stream(ray, pool: list, sources: list, shard: int, batch_size: int, dim: int, progress: bool, desc: str,
-            clock: dict) -> Iterator[Described]:
+            clock: dict, t0_epoch: float) -> Iterator[Described]:
     """Decode shards ahead, encode each once the batch boundaries before it are known, yield in order."""
     n = len(sources)
     starts = list(range(0, n, shard))
@@ -377,6 +381,7 @@ def _stream(ray, pool: list, sources: list, shard: int, batch_size: int, dim: in
     skips: deque[tuple[int, str]] = deque()  # found, not reported yet, by position
     carry: list[int] = []  # positions of the open batch: decoded, not encoded yet
     pids: set[int] = set()
+    ready = float("inf")  # when the first actor had loaded the network
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress)
 
     def actor(k: int):
@@ -413,6 +418,7 @@ def _stream(ray, pool: list, sources: list, shard: int, batch_size: int, dim: in
             meta: ShardMeta = _get(ray, decoding.pop(k))
             clock["decode"] += meta.seconds
             pids.add(meta.pid)
+            ready = min(ready, meta.ready_at)
             s0 = starts[k]
             ok = [s0 + i for i in meta.ok]
             stamps.update(zip(ok, meta.stamps))
@@ -428,6 +434,7 @@ def _stream(ray, pool: list, sources: list, shard: int, batch_size: int, dim: in
                 yield from emit(encoding.popleft())
         while encoding:
             yield from emit(encoding.popleft())
+        clock["actors_ready"] += ready - t0_epoch
         if skips:
             bar.update(len(skips))
             yield Described([], np.zeros((0, dim), np.float32), [], list(skips))
