@@ -219,3 +219,15 @@ def test_help_states_the_default_thresholds():
     assert dedup.default_threshold(CodecConfig(whiten=True)) == t["pca-whitened"]
     for cfg in (CodecConfig(reduction="none", quantizer="none"), CodecConfig(reduction="dr1", dims=8)):
         assert dedup.default_threshold(cfg) == t["uncentred"]
+
+
+def test_dedup_through_a_fastscan_index_finds_the_same_groups(db, tmp_path):
+    import shutil
+
+    root, d = db
+    copy = tmp_path / "fs.retr"
+    shutil.copytree(d, copy)
+    r = run("index", root / "photos", "--db", copy, "--index", "fastscan", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    rep = dedup.find_groups(copy, threshold=0.7)
+    assert rep.index.startswith("fastscan") and [g.ids for g in rep.groups] == oracle(d, 0.7)[0]
