@@ -14,7 +14,6 @@ import click
 
 from ..indexes.config import IndexConfigError
 from ..retrieval.errors import RetrError
-from ..retrieval.images import printable
 from .options import (
     CODEC_OPTIONS,
     DEVICE,
@@ -26,6 +25,13 @@ from .options import (
     asked_index,
     parse_scales,
 )
+
+
+def printable(path) -> str:
+    """`images.printable`, imported when first needed (it pulls numpy and Pillow, which `retr --help` does not need)."""
+    from ..retrieval.images import printable as show
+
+    return show(path)
 
 
 class RetrGroup(click.Group):
