@@ -26,9 +26,12 @@ Each mode is measured twice:
 - ``index``: `engine.index_folder` into a fresh database with a codec given (``codec_from``, as a large collection
   is indexed once its codec is frozen), end to end: ``img_s`` = photos / the call's wall time, start-up included.
 
-``overhead`` = 1 - rate / local rate of the same round (positive: slower than local). ``others_cpu_share``: the share
-of the machine's CPU time (/proc/stat) that went to processes outside this benchmark's process tree (the Ray
-session included in the tree) while a mode ran: read it before the rates.
+``overhead`` = 1 - rate / local rate of the same round (positive: slower than local). ``warm_cpu_s_per_img``: CPU
+seconds of this benchmark's process tree (Ray's processes included: raylet, GCS, actors) per image over the warm
+window, and ``cpu_overhead`` = its ratio to local's - 1: what Ray costs in CPU, which a loaded machine changes
+less than the rates. ``others_cpu_share``: the share of the machine's CPU time (/proc/stat, steal included) that went
+to processes outside that tree in the window: read it before the rates (with other processes busy, a mode with
+more runnable threads takes a larger share of the cores, and can look faster than it is).
 
 Merge: `--merge-shards` databases of `--merge-codes` images in all, synthetic (random 64-byte codes and file
 records, one codec fitted on random 1,280-D descriptors: PCA 256, Q-2 h = 4), merged by `shards.merge` into a new
@@ -47,6 +50,7 @@ import platform
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -68,8 +72,8 @@ RESULTS = Path(__file__).parent / "results" / "scale.json"
 
 
 # -- the machine ------------------------------------------------------------------------------------------------------
-def tree_cpu_s(pid: int | None = None) -> float:
-    """CPU seconds of ``pid`` (default: this process) and every process below it, waited-for children included."""
+def tree_cpu(pid: int | None = None) -> dict[int, float]:
+    """{pid: CPU seconds (user + system)} of ``pid`` (default: this process) and every process below it."""
     pid = os.getpid() if pid is None else pid
     hz = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
@@ -83,35 +87,75 @@ def tree_cpu_s(pid: int | None = None) -> float:
         except OSError:
             continue
         children.setdefault(int(v[1]), []).append(int(d))
-        cpu[int(d)] = sum(int(x) for x in v[11:15]) / hz  # utime stime cutime cstime
-    total, todo = 0.0, [pid]
+        cpu[int(d)] = (int(v[11]) + int(v[12])) / hz
+    out, todo = {}, [pid]
     while todo:
         p = todo.pop()
-        total += cpu.get(p, 0.0)
+        out[p] = cpu.get(p, 0.0)
         todo.extend(children.get(p, []))
-    return total
+    return out
 
 
-def timed(fn) -> tuple[object, float, float | None]:
+class Sampler:
+    """Samples (time, this process tree's CPU seconds, the machine's busy and total CPU seconds) every ``period`` s
+    in a thread, so that CPU use can be read over any window of a run (`window`). A process's CPU time counts as
+    last seen: Ray's raylet reaps its killed workers without adding their times to its own, so a process that ends
+    loses at most one period of its CPU time."""
+
+    def __init__(self, period: float = 0.2):
+        self.period, self.samples = period, []
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        m = common.machine_cpu_s() or (0.0, 0.0)
+        self._seen.update(tree_cpu())
+        self.samples.append((time.perf_counter(), sum(self._seen.values()), m[0], m[1]))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.sample()
+
+    def __enter__(self) -> Sampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def at(self, t: float) -> np.ndarray:
+        """(tree CPU, machine busy, machine total) at time ``t``, interpolated between samples."""
+        ts = np.array([x[0] for x in self.samples])
+        return np.array([np.interp(t, ts, [x[k] for x in self.samples]) for k in (1, 2, 3)])
+
+    def window(self, t0: float, t1: float, n: int) -> dict:
+        """Between ``t0`` and ``t1``: CPU seconds of this process tree per image (``n``), and the share of the
+        machine's CPU time that went to other processes."""
+        tree, busy, total = self.at(t1) - self.at(t0)
+        return {"cpu_s_per_img": tree / n, "others_cpu_share": max(0.0, busy - tree) / max(total, 1e-9)}
+
+
+def timed(fn) -> tuple[object, float, float]:
     """Run ``fn``: (its value, wall seconds, share of the machine's CPU time that went to processes outside this
     process tree meanwhile)."""
-    m0, c0, w0 = common.machine_cpu_s(), tree_cpu_s(), time.perf_counter()
-    value = fn()
-    wall = time.perf_counter() - w0
-    time.sleep(0.5)  # killed actors reaped: their CPU time moves to the raylet's children's
-    m1, c1 = common.machine_cpu_s(), tree_cpu_s()
-    others = None
-    if m0 is not None and m1 is not None:
-        others = max(0.0, (m1[0] - m0[0]) - (c1 - c0)) / max(m1[1] - m0[1], 1e-9)
-    return value, wall, others
+    with Sampler() as sampler:
+        t0 = time.perf_counter()
+        value = fn()
+        t1 = time.perf_counter()
+    return value, t1 - t0, sampler.window(t0, t1, 1)["others_cpu_share"]
 
 
 # -- encoding ----------------------------------------------------------------------------------------------------------
 def stream(make, n: int) -> dict:
     """Consume the batches of ``make() -> (iterator, timings)``: ``warm_img_s`` = n / the seconds from when the
-    network was loaded (``timings["loaded"]``, seconds into the call) to the last batch; ``first_s`` the seconds to
-    the first batch."""
-    def run():
+    network was loaded (``timings["loaded"]``, seconds into the call) to the last batch, with the CPU seconds per
+    image of this process tree (Ray's processes included) and the others' share of the machine in that window;
+    ``first_s`` the seconds to the first batch."""
+    with Sampler() as sampler:
         t0 = time.perf_counter()
         it, timings = make()
         first = None
@@ -120,15 +164,14 @@ def stream(make, n: int) -> dict:
             count += len(b.index)
             if first is None:
                 first = time.perf_counter() - t0
-        return first, count, time.perf_counter() - t0, timings
-
-    (first, count, total, timings), wall, others = timed(run)
+        t1 = time.perf_counter()
     if count != n:
         raise RuntimeError(f"described {count} of {n} photos")
     loaded = timings["loaded"]
-    return {"first_s": first, "loaded_s": loaded, "warm_img_s": n / (total - loaded), "wall_s": wall,
-            "img_s": n / wall, "others_cpu_share": others,
-            "timings_s": {k: v for k, v in timings.items() if k != "loaded"}}
+    warm = sampler.window(t0 + loaded, t1, n)
+    return {"first_s": first, "loaded_s": loaded, "warm_img_s": n / (t1 - t0 - loaded),
+            "warm_cpu_s_per_img": warm["cpu_s_per_img"], "others_cpu_share": warm["others_cpu_share"],
+            "wall_s": t1 - t0, "img_s": n / (t1 - t0), "timings_s": {k: v for k, v in timings.items() if k != "loaded"}}
 
 
 def index(folder: Path, db: Path, n: int, **kw) -> dict:
@@ -183,17 +226,20 @@ def encoding(args, tmp: Path) -> dict:
                 shutil.rmtree(db)
                 out[name] = {"stream": s, "index": i}
                 print(f"round {r}  {name:12s} stream: loaded {s['loaded_s']:5.1f} s, warm {s['warm_img_s']:6.1f} "
-                      f"img/s; index: {i['img_s']:6.1f} img/s end to end (others {s['others_cpu_share'] or 0:.0%}, "
-                      f"{i['others_cpu_share'] or 0:.0%})", flush=True)
+                      f"img/s, {s['warm_cpu_s_per_img']:.3f} CPU s/img; index: {i['img_s']:6.1f} img/s end to end "
+                      f"(others {s['others_cpu_share']:.0%}, {i['others_cpu_share'] or 0:.0%})", flush=True)
             for name in modes:
                 for part, key in (("stream", "warm_img_s"), ("index", "img_s")):
                     out[name][part]["overhead"] = 1 - out[name][part][key] / out["local"][part][key]
+                out[name]["stream"]["cpu_overhead"] = (out[name]["stream"]["warm_cpu_s_per_img"]
+                                                       / out["local"]["stream"]["warm_cpu_s_per_img"] - 1)
             rounds.append(out)
     finally:
         ray.shutdown()
     summary = {name: {f"{part}_{key}_median": statistics.median(r[name][part][key] for r in rounds)
                       for part, key in (("stream", "warm_img_s"), ("stream", "loaded_s"), ("index", "img_s"),
-                                        ("stream", "others_cpu_share"))}
+                                        ("stream", "others_cpu_share"), ("stream", "warm_cpu_s_per_img"),
+                                        ("stream", "cpu_overhead"))}
                for name in modes}
     for name in modes:
         for part in ("stream", "index"):
@@ -259,7 +305,9 @@ def run(args: argparse.Namespace) -> dict:
             print(f"{name:12s} warm {s['stream_warm_img_s_median']:6.1f} img/s (overhead "
                   f"{s['stream_overhead_median']:+.0%}), network loaded after {s['stream_loaded_s_median']:.1f} s; "
                   f"index {s['index_img_s_median']:6.1f} img/s end to end (overhead {s['index_overhead_median']:+.0%})"
-                  f"; others took {s['stream_others_cpu_share_median'] or 0:.0%} of the CPU")
+                  f"; CPU {s['stream_warm_cpu_s_per_img_median']:.3f} s/img (overhead "
+                  f"{s['stream_cpu_overhead_median']:+.0%}); others took {s['stream_others_cpu_share_median']:.0%} "
+                  "of the machine")
     return result
 
 
