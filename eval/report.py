@@ -55,7 +55,7 @@ BUDGETS = (1, 2, 3, 4, 5)
 # Display names, file-name stems and one-line explanations of the experiments, in the order reports list
 # them. Variants of a family ("q1-quantile", "fc-quantile") are named from their family (the part before
 # the first "-") plus their suffix.
-_ORDER = ("identity", "dr1", "dr2", "q1", "q2", "qb64", "qb32", "fc", "pq", "opq")
+_ORDER = ("identity", "dr1", "dr2", "q1", "q2", "qb64", "qb32", "fc", "fcb", "fcbl", "alloc", "allocl", "pq", "opq")
 _LABELS = {
     "identity": "Identity",
     "dr1": "DR-1",
@@ -67,6 +67,10 @@ _LABELS = {
     "fc": "FC",
     "pq": "PQ",
     "opq": "OPQ",
+    "fcb": "FC at the budget",
+    "fcbl": "FC at the budget, Lloyd-Max levels",
+    "alloc": "Bit allocation",
+    "allocl": "Bit allocation, Lloyd-Max levels",
 }
 _STEMS = {"dr1": "dr-1", "dr2": "dr-2", "q1": "q-1", "q2": "q-2", "qb64": "q-b", "qb32": "q-b32"}
 _COLORS = {
@@ -79,6 +83,10 @@ _COLORS = {
     "fc": "C4",
     "pq": "C5",
     "opq": "C6",
+    "fcb": "C7",
+    "fcbl": "C8",
+    "alloc": "C9",
+    "allocl": "C3",
 }
 
 
@@ -376,8 +384,10 @@ def format_representation(result: GridResult, p: Point | None) -> str:
         return _count(p.levels, "value")
     if fam.startswith("qb"):
         return _count(p.removed_bits, "bit") + " removed"
-    if fam == "fc":
+    if fam in ("fc", "fcb", "fcbl"):
         return f"{p.bytes_per_vector:g} B ({_count(p.dims, 'dim')}, {_count(p.levels, 'value')})"
+    if fam in ("alloc", "allocl"):
+        return f"{p.bytes_per_vector:g} B ({_count(p.dims, 'dim')})"
     return f"{p.bytes_per_vector:g} B"
 
 
@@ -451,7 +461,7 @@ def write_summary(result: GridResult, out_dir: str | Path, budgets: Sequence[int
 
 # Experiments planned at byte budgets chosen from the other points' code sizes (stress.plan_grid): their sizes are
 # the budgets at which every experiment is compared.
-BUDGET_EXPERIMENTS = ("pq", "opq")
+BUDGET_EXPERIMENTS = ("pq", "opq", "fcb", "fcbl", "alloc", "allocl")
 
 
 def setting_words(p: Point) -> str:
@@ -463,8 +473,10 @@ def setting_words(p: Point) -> str:
         return _count(p.levels, "value")
     if fam.startswith("qb"):
         return _count(p.removed_bits, "bit") + " removed"
-    if fam == "fc":
+    if fam in ("fc", "fcb", "fcbl"):
         return f"{_count(p.dims, 'dim')}, {_count(p.levels, 'value')}"
+    if fam in ("alloc", "allocl"):
+        return f"{_count(p.dims, 'dim')}, bits by variance"
     if fam == "opq":
         return f"M = {p.bytes_per_vector:g}, rotated to {p.dims} dims"
     if fam == "pq":
@@ -527,8 +539,9 @@ def write_equal_bytes(result: GridResult, out_dir: str | Path) -> list[Path]:
 
 
 _EQUAL_BYTES_WORDS = (
-    "Each experiment's best score at exactly the byte budgets PQ and OPQ were planned at (the code sizes of Q-2 and "
-    "FC points, one per octave); – where the experiment has no point of that size."
+    "Each experiment's best score at exactly the byte budgets PQ, OPQ and the budget experiments were planned at (the "
+    "code sizes of Q-2 and FC points, one per octave, and with the budget experiments 16 B, 32 B and the paper's 98.4% "
+    "point); – where the experiment has no point of that size."
 )
 
 
@@ -738,7 +751,8 @@ def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Pat
     q_levels.png                       score vs values per dimension h: Q-1, Q-2, variants dashed (Fig. 4)
     q_bits.png                         score vs removed bits, Q-B float64 and float32
     <fc...>_heatmap[_<metric>].png     FC score over dimensions x values, cells show bytes per vector (Fig. 5)
-    bytes.png                          score vs bytes per vector, log x: FC, PQ, OPQ (best per size as a line)
+    bytes.png                          score vs bytes per vector, log x: FC, PQ, OPQ and the budget experiments
+                                       (best per size as a line)
     equal_bytes.png                    the best score of every experiment at each byte budget PQ / OPQ were
                                        planned at (`best_per_budget`): comparisons at exactly equal bytes
     """
@@ -766,7 +780,7 @@ def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Pat
         for m in result.metric_names:
             name = f"{_stem(exp)}_heatmap" + (f"_{_safe(m)}" if multi else "")
             paths.append(_plot_heatmap(result, exp, m, title, out_dir / f"{name}.png"))
-    by_size = [e for e in exps if _family(e) in ("fc", "pq", "opq")]
+    by_size = [e for e in exps if _family(e) in ("fc", "pq", "opq", "fcb", "fcbl", "alloc", "allocl")]
     if by_size:
         paths.append(_plot_bytes(result, by_size, title, out_dir / "bytes.png"))
     if any(best_per_budget(result, m)[0] for m in result.metric_names):
@@ -827,6 +841,15 @@ def _explanation(exp: str, n: int, ranges: dict) -> str:
         "n is.",
         "opq": "Optimized product quantization: PQ after a learned rotation that spreads the variance evenly "
         "over the sub-vectors; same size as PQ, usually a better score.",
+        "fcb": "FC at a byte budget B: PCA to p = 8B/b components, each quantized to 2^b evenly spaced levels, for "
+        "every b = 1..8 that PCA allows, so that every point costs exactly B bytes (the best b per budget is drawn).",
+        "fcbl": "As FC at the budget, but each component's 2^b levels are its Lloyd-Max quantizer (1-D k-means of "
+        "its training values) instead of evenly spaced: same bytes, a smaller quantization error.",
+        "alloc": "Bit allocation (beyond the paper): PCA to every component PCA can keep, then 8B bits shared among "
+        "them greedily by variance (each bit to the component whose error it reduces most, at most 8 per "
+        "component, none for the weakest), evenly spaced levels: exactly B bytes.",
+        "allocl": "Bit allocation with Lloyd-Max levels: the allocation of Bit allocation, each component's levels "
+        "learnt by 1-D k-means.",
     }.get(fam, f"Experiment {exp}.")
     if var:
         return (

@@ -21,9 +21,16 @@ score function (an SVM's mAP for classification, a retrieval mAP per protocol...
 Beyond the paper:
   q1-<r>, q2-<r>, fc-<r>   the same with a robust quantizer range r from `ranges` (default quantile:0.001,
              i.e. the 0.1% and 99.9% quantiles, and sigma:3, mean +- 3 standard deviations).
+  fcb, fcbl  FC at byte budgets B (`budget_bytes`): PCA to p = floor(8B / b) dims and Q-2 with h = 2**b levels,
+             b = 1..8 (those with p <= min(n, m_fit)): ceil(p b / 8) = B bytes exactly; fcbl with each dimension's
+             Lloyd-Max levels (codec levels_kind lloyd) instead of evenly spaced ones.
+  alloc, allocl   PCA to every axis PCA can keep, then integer bits per axis by variance summing to 8B (codec
+             allocation variance), evenly spaced levels (alloc) or Lloyd-Max ones (allocl); at each budget B
+             <= min(n, m_fit) (8 bits at most per axis).
   pq, opq    Faiss product quantization of x with M sub-quantizers of 2**nbits centroids (M bytes at
-             nbits = 8), trained on xtr; opq first learns an OPQ rotation to M min(4, n // M) dimensions (Faiss'
-             OPQ{M}_{4M} when 4M <= n) and scores the rotated reconstructions (inner products as in that space).
+             nbits = 8), trained on xtr; opq first learns an OPQ rotation to M min(4, n // M, m_fit // M)
+             dimensions (`opq_out`; Faiss' OPQ{M}_{4M} when 4M <= n, m_fit) and scores the rotated
+             reconstructions (inner products as in that space).
              Compared at equal bytes: by default M is taken from the code sizes of the Q-2 and FC points
              (`pq_budgets`, one per octave up to PQ_MAX_BYTES); an M that does not divide n cuts x into M
              sub-vectors of floor(n / M) or ceil(n / M) dimensions (zero-padded to Faiss' equal sub-vectors:
@@ -73,7 +80,12 @@ ROBUST_RANGES = {"quantile": "quantile:0.001", "sigma": "sigma:3"}
 PQ_DEFAULT_BYTES = (8, 16, 32, 64, 128, 256)
 PQ_MAX_BYTES = 512
 OPQ_MAX_OUT = 512
-_BASES = ("dr1", "dr2", "q1", "q2", "qb", "qb64", "qb32", "fc", "pq", "opq")
+# Byte budgets always compared when an experiment planned at budgets (fcb, fcbl, alloc, allocl) is asked: 16 and 32 B,
+# and the paper's 98.4% point, 1/64 of the float32 vector (n / 16 bytes: 256 B for 4096 dims), `budget_anchors`.
+BUDGET_ANCHORS = (16, 32)
+BUDGET_EXPERIMENTS = ("fcb", "fcbl", "alloc", "allocl")
+MAX_FCB_BITS = 8
+_BASES = ("dr1", "dr2", "q1", "q2", "qb", "qb64", "qb32", "fc", "pq", "opq") + BUDGET_EXPERIMENTS
 _RANGED = ("q1", "q2", "fc")
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], Mapping[str, float]]
@@ -305,7 +317,7 @@ class PlannedPoint:
     experiment: the name its Point carries ("dr1", "qb64", "q2-sigma", ...); key: its cache file name within the
     experiment; kind: the transform, "identity" or an experiment's family ("dr1", "dr2", "q1", "q2", "qb64", "qb32",
     "fc", "pq", "opq"); dims, levels, removed_bits, rep: as Point; range: the codec range of q1 / q2 / fc;
-    subquantizers: M of pq / opq.
+    subquantizers: M of pq / opq; budget: B of fcb, fcbl, alloc, allocl (bytes per vector).
     """
 
     experiment: str
@@ -317,6 +329,7 @@ class PlannedPoint:
     rep: int | None = None
     range: str | None = None
     subquantizers: int | None = None
+    budget: int | None = None
 
 
 @dataclass
@@ -326,7 +339,8 @@ class GridPlan:
     n: input dimensions; m_fit: vectors the transforms are learnt on, so PCA keeps at most pca_max = min(n, m_fit)
     dimensions. experiments: as asked, repeats removed. Sizes and levels of each family: dr1_sizes (largest
     first), dr2_sizes (those PCA can keep), levels (h of q1 / q2), qb_bits (k of qb64 / qb32, None: all), fc_dims x
-    fc_levels, pq_bytes / opq_bytes (M of pq / opq) at pq_nbits bits per code. skipped: experiment asked for ->
+    fc_levels, pq_bytes / opq_bytes (M of pq / opq) at pq_nbits bits per code, budget_bytes (B of fcb, fcbl,
+    alloc, allocl; those each can reach are planned: `budget_points`). skipped: experiment asked for ->
     why it has no point; adapted: experiment -> how its sizes were fitted to the data. points() lists them all.
     """
 
@@ -347,6 +361,7 @@ class GridPlan:
     pq_nbits: int
     skipped: dict[str, str] = field(default_factory=dict)
     adapted: dict[str, str] = field(default_factory=dict)
+    budget_bytes: tuple[int, ...] = ()
 
     @property
     def pca_max(self) -> int:
@@ -381,11 +396,27 @@ class GridPlan:
                     for p in self.fc_dims
                     for h in self.fc_levels
                 ]
+            elif base in BUDGET_EXPERIMENTS:
+                out += self.budget_points(name)
             else:  # pq, opq
                 for M in self.pq_bytes if base == "pq" else self.opq_bytes:
-                    d_out = None if base == "pq" else opq_out(n, M)
+                    d_out = None if base == "pq" else opq_out(n, M, self.m_fit)
                     key = f"m{M}-b{self.pq_nbits}" + (f"-o{d_out}" if d_out else "")
                     out.append(PlannedPoint(name, key, base, d_out or n, subquantizers=M))
+        return out
+
+    def budget_points(self, name: str) -> list[PlannedPoint]:
+        """The points of a budget experiment (module doc): fcb / fcbl at each budget B, one per bit width b with
+        p = floor(8B / b) <= pca_max; alloc / allocl at each B <= pca_max, on pca_max axes."""
+        proj, out = self.pca_projection, []
+        for B in self.budget_bytes:
+            if name in ("fcb", "fcbl"):
+                for b in range(1, MAX_FCB_BITS + 1):
+                    p = 8 * B // b
+                    if 1 <= p <= self.pca_max:
+                        out.append(PlannedPoint(name, f"b{B}-p{p}-h{1 << b}-{proj}", name, p, levels=1 << b, budget=B))
+            elif B <= self.pca_max:
+                out.append(PlannedPoint(name, f"b{B}-p{self.pca_max}-{proj}", name, self.pca_max, budget=B))
         return out
 
     def settings(self) -> dict[str, Any]:
@@ -397,7 +428,7 @@ class GridPlan:
             "qb_bits": list(self.qb_bits) if self.qb_bits is not None else "all",
             "pca_projection": self.pca_projection, "ranges": dict(self.ranges), "pq_bytes": list(self.pq_bytes),
             "opq_bytes": list(self.opq_bytes), "pq_nbits": self.pq_nbits, "adapted": dict(self.adapted),
-        }  # fmt: skip
+        } | ({"budget_bytes": list(self.budget_bytes)} if self.budget_bytes else {})  # fmt: skip
 
 
 def _bits(qb_bits: Sequence[int] | None, width: int) -> list[int]:
@@ -527,10 +558,11 @@ def _span(values: Sequence[int]) -> str:
     return f"{values[0]}, {values[1]}, ..., {values[-1]}"
 
 
-def opq_out(n: int, M: int) -> int:
-    """OPQ's output dimensions for M <= n sub-quantizers: M min(4, n // M), a multiple of M (Faiss' OPQ{M}_{4M}
-    when 4M <= n; min(n, 4M) when M divides n)."""
-    return M * min(4, n // M)
+def opq_out(n: int, M: int, m_fit: int | None = None) -> int:
+    """OPQ's output dimensions for M <= n sub-quantizers: M min(4, n // M, m_fit // M), a multiple of M (Faiss'
+    OPQ{M}_{4M} when 4M <= n, m_fit; min(n, 4M) when M divides n). At most m_fit: Faiss' OPQ starts from a PCA to
+    that many dimensions, which crashes (segmentation fault) with fewer training vectors. 0 when M > m_fit."""
+    return M * min(4, n // M, (m_fit if m_fit is not None else n) // M)
 
 
 def pq_budgets(
@@ -548,16 +580,41 @@ def pq_budgets(
     return dict(sorted(out.items()))
 
 
-def _pq_sizes(budgets: Mapping[int, list[str]], n: int, nbits: int) -> tuple[tuple[int, ...], str | None]:
+def budget_anchors(n: int) -> tuple[int, ...]:
+    """The byte budgets always compared by the budget experiments: BUDGET_ANCHORS and the paper's 98.4% point,
+    round(n / 16) bytes (1/64 of the float32 vector: 4096 dims, 409 x 5 bits, 256 B)."""
+    return tuple(sorted({*BUDGET_ANCHORS, max(1, round(n / 16))}))
+
+
+def octave_sizes(budgets: Mapping[int, list[str]], anchors: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """(chosen, others) of the sizes `budgets` (size -> the Q-2 / FC points of that size): every anchor, and one
+    size per octave [2**k / sqrt 2, 2**k sqrt 2) not holding an anchor: a Q-2 size if the octave has one (the paper's
+    main comparison), else the one nearest 2**k (the smaller on a tie)."""
+    octaves: dict[int, list[int]] = {}
+    for b in budgets:
+        octaves.setdefault(round(math.log2(b)), []).append(b)  # round(log2 b) = k: 2**k / sqrt 2 <= b < 2**k sqrt 2
+    chosen, others = set(anchors), []
+    for k, sizes in sorted(octaves.items()):
+        if any(round(math.log2(a)) == k for a in anchors):
+            others += [b for b in sizes if b not in chosen]
+            continue
+        q2 = [b for b in sizes if any(w.startswith("Q-2") for w in budgets[b])]
+        pick = min(q2 or sizes, key=lambda b: (abs(math.log2(b) - k), b))
+        chosen.add(pick)
+        others += [b for b in sizes if b != pick]
+    return sorted(chosen), sorted(others)
+
+
+def _pq_sizes(budgets: Mapping[int, list[str]], n: int, nbits: int,
+              anchors: Sequence[int] = ()) -> tuple[tuple[int, ...], str | None]:
     """(M, note): the sub-quantizer counts of the byte sizes PQ is planned at, and what it leaves out.
 
     A size B can be matched by M = 8 B / nbits sub-quantizers when that is a whole number <= n. Of those up to
-    PQ_MAX_BYTES, one per octave [2**k / sqrt 2, 2**k sqrt 2): a Q-2 size if the octave has one (the paper's main
-    comparison), else the one nearest 2**k (the smaller on a tie). The note names every size left without a PQ
-    point, with why (None when there is none)."""
+    PQ_MAX_BYTES, `octave_sizes` with the anchors (the budget experiments' sizes, when they are asked). The note
+    names every size left without a PQ point, with why (None when there is none)."""
     why: dict[str, list[int]] = {}
     fits: list[int] = []
-    for b in budgets:
+    for b in sorted({*budgets, *anchors}):
         if (8 * b) % nbits or 8 * b // nbits > n:
             why.setdefault(f"not {nbits}-bit codes of at most {n} sub-quantizers", []).append(b)
         elif b > PQ_MAX_BYTES:
@@ -565,22 +622,16 @@ def _pq_sizes(budgets: Mapping[int, list[str]], n: int, nbits: int) -> tuple[tup
                            f"{1 << nbits} centroids, about a second each", []).append(b)
         else:
             fits.append(b)
-    octaves: dict[int, list[int]] = {}
-    for b in fits:
-        octaves.setdefault(round(math.log2(b)), []).append(b)  # round(log2 b) = k: 2**k / sqrt 2 <= b < 2**k sqrt 2
-    chosen = []
-    for k, sizes in sorted(octaves.items()):
-        q2 = [b for b in sizes if any(w.startswith("Q-2") for w in budgets[b])]
-        pick = min(q2 or sizes, key=lambda b: (abs(math.log2(b) - k), b))
-        chosen.append(pick)
-        others = [b for b in sizes if b != pick]
-        if others:
-            why.setdefault("another size of the same octave was taken", []).extend(others)
+    chosen, others = octave_sizes({b: budgets.get(b, []) for b in fits if b in budgets},
+                                  [a for a in anchors if a in fits])
+    if others:
+        why.setdefault("another size of the same octave was taken", []).extend(others)
     Ms = tuple(8 * b // nbits for b in chosen)
     if not why:
         return Ms, None
     left = "; ".join(f"{', '.join(map(str, sorted(bs)))} B ({w})" for w, bs in why.items())
-    return Ms, (f"at the code sizes of Q-2 / FC points, one per octave: {', '.join(map(str, chosen))} B "
+    what = "Q-2 / FC points, one per octave" + (f", and {', '.join(map(str, anchors))} B" if anchors else "")
+    return Ms, (f"at the code sizes of {what}: {', '.join(map(str, chosen))} B "
                 f"(M = {', '.join(map(str, Ms))} at {nbits} bits); Q-2 / FC sizes without a PQ point: {left}")
 
 
@@ -629,7 +680,7 @@ def plan_grid(
     adapted: some of its sizes changed): PCA sizes (dr2, fc) above min(n, m_fit) are dropped, and when none of
     the default sizes is in reach the same steps are taken of min(n, m_fit) instead (20 for dr2, 9 for fc); pq /
     opq need >= 2**pq_nbits training vectors, are planned at the Q-2 / FC code sizes (`_pq_sizes`, the sizes
-    without a PQ point named with why); opq keeps the M with opq_out(n, M) <= OPQ_MAX_OUT. Mistakes in the
+    without a PQ point named with why); opq keeps the M with 0 < opq_out(n, M, m_fit) <= OPQ_MAX_OUT. Mistakes in the
     options themselves (an unknown experiment, a size outside [1, n], a PQ size asked for that does not divide n)
     are ConfigErrors. Repeated sizes or levels are planned once.
     """
@@ -669,24 +720,39 @@ def plan_grid(
         fcl = _ints(fc_levels if fc_levels is not None else fc_grid(n)[1], "levels", 1, codec.MAX_LEVELS)
         fcd, note, skip = _pca_sizes(fc_dims, lambda k: fc_grid(k)[0], n, m_fit)
         record(("fc",), note, skip or (None if fcl else "no levels given"))
+    sizes: dict[int, list[str]] = {}
+    anchors = budget_anchors(n) if asked & set(BUDGET_EXPERIMENTS) else ()
+    if (asked & {"pq", "opq"} and pq_bytes is None) or anchors:
+        # the code sizes of the Q-2 and FC points this plan's options give, whether or not they are run
+        q2_levels = q_levels if asked & {"q1", "q2"} else _ints(levels, "levels", 1, codec.MAX_LEVELS)
+        fc_sizes = (fcd, fcl) if "fc" in asked else (
+            _pca_sizes(fc_dims, lambda k: fc_grid(k)[0], n, m_fit)[0],
+            _ints(fc_levels if fc_levels is not None else fc_grid(n)[1], "levels", 1, codec.MAX_LEVELS))
+        sizes = pq_budgets(n, q2_levels, *fc_sizes)
+    budget_b: tuple[int, ...] = ()
+    if anchors:
+        budget_b = tuple(octave_sizes(sizes, anchors)[0])
+        pca_max = min(n, m_fit)
+        out_of_reach = [B for B in budget_b if B > pca_max]
+        if len(out_of_reach) == len(budget_b):
+            record(BUDGET_EXPERIMENTS, None, f"PCA keeps {pca_max} axes: no budget of {_span(budget_b)} B fits")
+        elif out_of_reach:  # fcb needs p = 8B / b <= pca_max at b <= 8 bits, alloc 8 bits on at most pca_max axes
+            record(BUDGET_EXPERIMENTS, f"budgets {', '.join(map(str, out_of_reach))} B left out: {MAX_FCB_BITS} bits "
+                                       f"on each of the {pca_max} axes PCA can keep hold {pca_max} B", None)
     if asked & {"pq", "opq"}:
         pq_note = None
         if not isinstance(pq_nbits, int) or not 1 <= pq_nbits <= 16:
             raise ConfigError(f"PQ codes must have 1 to 16 bits, not {pq_nbits!r}")
         if pq_bytes is None:
-            # at the code sizes of the Q-2 and FC points this plan's options give, whether or not they are run
-            q2_levels = q_levels if asked & {"q1", "q2"} else _ints(levels, "levels", 1, codec.MAX_LEVELS)
-            fc_sizes = (fcd, fcl) if "fc" in asked else (
-                _pca_sizes(fc_dims, lambda k: fc_grid(k)[0], n, m_fit)[0],
-                _ints(fc_levels if fc_levels is not None else fc_grid(n)[1], "levels", 1, codec.MAX_LEVELS))
-            pq_ms, pq_note = _pq_sizes(pq_budgets(n, q2_levels, *fc_sizes), n, pq_nbits)
+            pq_ms, pq_note = _pq_sizes(sizes, n, pq_nbits, anchors)
         else:
             bad = [M for M in pq_bytes if not (isinstance(M, (int, np.integer)) and 1 <= M <= n and n % M == 0)]
             if bad:
                 raise ConfigError(f"PQ sub-quantizer counts {bad} do not divide the {n} dimensions")
             pq_ms = tuple(dict.fromkeys(int(M) for M in pq_bytes))
-        opq_ms = tuple(M for M in pq_ms if opq_out(n, M) <= OPQ_MAX_OUT)
-        cap = f"OPQ's output M min(4, n // M) is capped at {OPQ_MAX_OUT} dimensions"
+        opq_ms = tuple(M for M in pq_ms if 0 < opq_out(n, M, m_fit) <= OPQ_MAX_OUT)
+        cap = f"OPQ's output M min(4, n // M) is capped at {OPQ_MAX_OUT} dimensions" + (
+            f" (and at {m_fit}, the training vectors its initial PCA needs)" if m_fit < OPQ_MAX_OUT else "")
         if m_fit < 1 << pq_nbits:
             pq_ms = opq_ms = ()
             record(("pq", "opq"), None, f"{pq_nbits}-bit codes train {1 << pq_nbits} centroids per sub-quantizer, "
@@ -704,7 +770,7 @@ def plan_grid(
     return GridPlan(
         n=n, m_fit=m_fit, experiments=names, reps=reps, pca_projection=pca_projection, ranges=dict(ranges),
         dr1_sizes=dr1, dr2_sizes=dr2, levels=q_levels, qb_bits=bits, fc_dims=fcd, fc_levels=fcl, pq_bytes=pq_ms,
-        opq_bytes=opq_ms, pq_nbits=pq_nbits, skipped=skipped, adapted=adapted,
+        opq_bytes=opq_ms, pq_nbits=pq_nbits, skipped=skipped, adapted=adapted, budget_bytes=budget_b,
     )  # fmt: skip
 
 
@@ -754,6 +820,15 @@ class _Stressor:
             ytr, yte, yfit = self.projected()
             cfg = codec.CodecConfig(reduction="none", quantizer="q2", levels=pt.levels, range=pt.range)
             return _quantize(ytr[:, :p], yte[:, :p], cfg, yfit[:, :p])
+        if kind in BUDGET_EXPERIMENTS:
+            ytr, yte, yfit = (y[:, :p] for y in self.projected())
+            lloyd = "lloyd" if kind in ("fcbl", "allocl") else "uniform"
+            if kind in ("fcb", "fcbl"):
+                cfg = codec.CodecConfig(reduction="none", quantizer="q2", levels=pt.levels, levels_kind=lloyd)
+            else:
+                cfg = codec.CodecConfig(reduction="none", quantizer="q2", allocation="variance", budget=pt.budget,
+                                        levels_kind=lloyd)
+            return _quantize(ytr, yte, cfg, yfit)
         d_out = None if kind == "pq" else p
         return _product_quantize(x32tr, x32te, pt.subquantizers, self.plan.pq_nbits, d_out, x32fit)
 
@@ -866,8 +941,8 @@ def run_grid(
     dr1_sizes(n); PCA sizes beyond min(n, m_fit) are dropped, see plan_grid); fc_dims, fc_levels (default
     fc_grid(n)); qb_bits (k of qb64 and qb32, default all, those above 32 skipped for qb32); ranges (name -> codec
     range of the "-name" experiments); pq_bytes (M of pq / opq, each dividing n; default: the code sizes of the
-    Q-2 and FC points, one per octave up to PQ_MAX_BYTES, see plan_grid; opq keeps those with opq_out(n, M) <=
-    OPQ_MAX_OUT); pq_nbits (bits per PQ code, the training set needs >= 2**pq_nbits vectors). At 8 bits M is
+    Q-2 and FC points, one per octave up to PQ_MAX_BYTES, see plan_grid; opq keeps those with 0 < opq_out(n, M,
+    m_fit) <= OPQ_MAX_OUT); pq_nbits (bits per PQ code, the training set needs >= 2**pq_nbits vectors). At 8 bits M is
     the bytes per vector: the FC points of equal size are those with ceil(p ceil(log2 h) / 8) = M, e.g. 256
     bytes = 409 dims at h = 17..32 or 2048 dims at h = 2 for n = 4096. An experiment the data cannot support is
     skipped, with its reason in GridResult.skipped (and on stderr with progress).

@@ -8,6 +8,13 @@ lo / hi (p,) the quantizer range of each kept dimension, st = (hi - lo) / h the 
   quantize  y (m, p) -> idx (m, p)       q1 (one range for all dims) | q2 (a range per dim); level i of a dim
                                          is lo + st/2 + st*i, 0 <= i < h (the paper's dictionaries H, H_t)
   pack      idx -> codes (m, code_size)  bits (ceil(log2 h) bits per dim) | radix (a row as one base-h number)
+
+Beyond the paper (format version 2; the paper's codecs are still written as version 1, byte for byte):
+  allocation variance   integer bits b_j per kept dimension, 0 <= b_j <= MAX_ALLOC_BITS, summing to a budget in
+                        bytes: greedy, each bit to the dimension of largest var_j 4**-b_j (its high-rate
+                        distortion); h_j = 2**b_j levels, packed b_j bits each (`pack_varbits`).
+  levels lloyd          the h (or h_j) levels of each dimension are its Lloyd-Max quantizer (1-D k-means of its
+                        training values) instead of evenly spaced; a value goes to the nearest level.
 """
 
 from __future__ import annotations
@@ -28,11 +35,17 @@ import numpy as np
 from .fileio import atomic_write
 from .errors import ConfigError, DatabaseError
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2  # 2: allocation variance, levels lloyd (a codec without them is written as version 1)
 REDUCTIONS = ("none", "dr1", "dr2", "pca")
 QUANTIZERS = ("none", "q1", "q2")
 PACKINGS = ("bits", "radix")
+ALLOCATIONS = ("uniform", "variance")
+LEVEL_KINDS = ("uniform", "lloyd")
 MAX_LEVELS = 1 << 16  # level indices must fit the uint16 that pack_bits handles
+MAX_ALLOC_BITS = 8  # bits one dimension may get from a variance allocation (256 levels, uint8 indices)
+MAX_LLOYD_LEVELS = 256  # Lloyd-Max tables are (p, h) float32
+# options beyond the paper, with the values that mean "the paper's": left out of a stored codec at these values
+_BEYOND = {"allocation": "uniform", "budget": None, "levels_kind": "uniform"}
 _MAGIC = b"RETRCODC"
 _F32 = np.float32
 
@@ -73,6 +86,11 @@ class CodecConfig:
         sigma:K (mean +- K standard deviations); per dimension for q2, over all values for q1. Robust ranges are
         clamped to the training data's [min, max] (codecs fitted before keep the ranges they stored).
     packing: bits (ceil(log2 h) bits per dimension) | radix (log2(h) bits per dimension, slower).
+    allocation: uniform (the paper: h levels in every dimension) | variance (q2, bits packing: integer bits per
+        dimension by training variance, `budget` bytes per vector in all; `levels` is then not used).
+    budget: bytes per vector of allocation variance (None otherwise).
+    levels_kind: uniform (the paper: evenly spaced in the range) | lloyd (q2, range minmax, h <= 256: each
+        dimension's Lloyd-Max levels, learnt from its training values).
     """
 
     reduction: str = "pca"
@@ -84,6 +102,9 @@ class CodecConfig:
     range: str = "minmax"
     packing: str = "bits"
     seed: int = 0
+    allocation: str = "uniform"
+    budget: int | None = None
+    levels_kind: str = "uniform"
 
     def __post_init__(self) -> None:
         _check_choice("reduction", self.reduction, REDUCTIONS)
@@ -110,6 +131,25 @@ class CodecConfig:
         parse_range(self.range)
         if not _is_int(self.seed) or self.seed < 0:
             raise ConfigError(f"codec seed must be a non-negative integer, not {self.seed!r}")
+        _check_choice("allocation", self.allocation, ALLOCATIONS)
+        _check_choice("levels kind", self.levels_kind, LEVEL_KINDS)
+        if self.allocation == "variance":
+            if self.quantizer != "q2" or self.packing != "bits":
+                raise ConfigError("codec allocation variance needs quantizer q2 and packing bits")
+            if not _is_int(self.budget) or self.budget < 1:
+                raise ConfigError(f"codec allocation variance needs a budget of at least 1 byte, not {self.budget!r}")
+        elif self.budget is not None:
+            raise ConfigError("a codec budget (bytes per vector) goes with allocation variance")
+        if self.levels_kind == "lloyd":
+            if self.quantizer != "q2" or self.range != "minmax":
+                raise ConfigError("codec levels lloyd need quantizer q2 and range minmax (the levels are learnt)")
+            if self.allocation == "uniform" and self.levels > MAX_LLOYD_LEVELS:
+                raise ConfigError(f"codec levels lloyd take at most {MAX_LLOYD_LEVELS} levels, not {self.levels}")
+
+    @property
+    def beyond_paper(self) -> bool:
+        """Whether an option beyond the paper's codec is used (allocation variance, levels lloyd)."""
+        return any(getattr(self, k) != v for k, v in _BEYOND.items())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,7 +167,8 @@ class CodecConfig:
         return cls(**d)
 
     def short_name(self) -> str:
-        """A compact label, e.g. pca256-q2h4, pcak0.5w-q1h8-sigma3, dr1_128s3-f32, full-q2h3-radix."""
+        """A compact label, e.g. pca256-q2h4, pcak0.5w-q1h8-sigma3, dr1_128s3-f32, full-q2h3-radix; beyond the
+        paper pca64-q2v16B (allocation variance, 16 bytes), pca64-q2h4-lloyd."""
         size = "all" if self.dims is None and self.keep is None else self.dims or f"k{self.keep:g}"
         if self.reduction == "none":
             red = "full"
@@ -137,7 +178,9 @@ class CodecConfig:
             red = f"pca{size}" + ("w" if self.whiten else "")
         if self.quantizer == "none":
             return f"{red}-f32"
-        parts = [red, f"{self.quantizer}h{self.levels}"]
+        parts = [red, f"q2v{self.budget}B" if self.allocation == "variance" else f"{self.quantizer}h{self.levels}"]
+        if self.levels_kind == "lloyd":
+            parts.append("lloyd")
         if self.range != "minmax":
             parts.append(self.range.replace(":", ""))
         if self.packing == "radix":
@@ -151,9 +194,12 @@ def _bits(h: int) -> int:
 
 
 def code_size_for(config: CodecConfig, p: int) -> int:
-    """Bytes per vector of ``config`` applied with ``p`` kept dimensions."""
+    """Bytes per vector of ``config`` applied with ``p`` kept dimensions (allocation variance: its budget, or all
+    p dimensions at MAX_ALLOC_BITS when they hold fewer bits)."""
     if config.quantizer == "none":
         return 4 * p
+    if config.allocation == "variance":
+        return -(-min(8 * config.budget, p * MAX_ALLOC_BITS) // 8)
     if config.packing == "radix":
         return _radix_size(p, config.levels)
     return -(-p * _bits(config.levels) // 8)
@@ -169,13 +215,22 @@ def _index_dtype(h: int) -> type:
 
 
 # Arrays a CodecParams may hold, with their stored dtype (little-endian on disk), and its scalar fields.
-_ARRAYS = dict(mean="<f4", components="<f4", explained_variance="<f4", selected="<i8", lo="<f4", hi="<f4")
+_ARRAYS = dict(mean="<f4", components="<f4", explained_variance="<f4", selected="<i8", lo="<f4", hi="<f4",
+               bits="|u1", table="<f4")
 _SCALARS = ("version", "input_dim", "dims", "requested_dims", "capped", "n_train")
 
 
-def _needed_arrays(reduction: str) -> set[str]:
+def _needed_arrays(config: CodecConfig) -> set[str]:
     extra = {"pca": {"mean", "components", "explained_variance"}, "dr1": {"selected"}, "none": set()}
-    return {"lo", "hi"} | extra["pca" if reduction == "dr2" else reduction]
+    beyond = ({"bits"} if config.allocation == "variance" else set()) | (
+        {"table"} if config.levels_kind == "lloyd" else set())
+    return {"lo", "hi"} | extra["pca" if config.reduction == "dr2" else config.reduction] | beyond
+
+
+def format_version(config: CodecConfig) -> int:
+    """The codec format version a fitted `config` is stored with: 1 for the paper's codecs (byte for byte as
+    before version 2 existed, so older retr read them), 2 with an option beyond the paper."""
+    return 2 if config.beyond_paper else 1
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -189,6 +244,10 @@ class CodecParams:
     selected (p,) int64 sorted input dimensions: dr1 only.
     lo, hi (p,) float32: quantizer range of each kept dimension, learned on the reduced training data (all
     equal for q1; computed but unused for quantizer none).
+    bits (p,) uint8: the bits of each dimension, allocation variance only (h_j = 2**bits[j] levels).
+    table (p, H) float32: the Lloyd-Max levels of each dimension, increasing, levels lloyd only; H = levels, or the
+    largest h_j, a dimension of fewer levels repeating its last one.
+    version: the format version it was read with, or will be written with (`format_version`).
     """
 
     config: CodecConfig
@@ -203,15 +262,28 @@ class CodecParams:
     components: np.ndarray | None = None
     explained_variance: np.ndarray | None = None
     selected: np.ndarray | None = None
-    version: int = CODEC_VERSION
+    bits: np.ndarray | None = None
+    table: np.ndarray | None = None
+    version: int = 1  # raised to format_version(config) when that is higher
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "version", max(self.version, format_version(self.config)))
 
     @property
     def bits_per_dim(self) -> float:
-        """Storage cost of one kept dimension in bits (h = 1 costs 0)."""
+        """Storage cost of one kept dimension in bits (h = 1 costs 0; allocation variance: the mean)."""
         cfg = self.config
         if cfg.quantizer == "none":
             return 32.0
+        if self.bits is not None:
+            return float(self.bits.sum()) / max(self.dims, 1)
         return math.log2(cfg.levels) if cfg.packing == "radix" else float(_bits(cfg.levels))
+
+    def levels_per_dim(self) -> np.ndarray:
+        """h_j (p,) int64: the levels of each kept dimension."""
+        if self.bits is not None:
+            return np.left_shift(1, self.bits.astype(np.int64))
+        return np.full(self.dims, self.config.levels, np.int64)
 
     @property
     def code_size(self) -> int:
@@ -234,7 +306,9 @@ class CodecParams:
         return hashlib.sha256(self.to_bytes()).hexdigest()[:16]
 
     def to_bytes(self) -> bytes:
-        """Deterministic blob: magic, uint32 LE header length, JSON header, raw little-endian arrays."""
+        """Deterministic blob: magic, uint32 LE header length, JSON header, raw little-endian arrays. The header's
+        config leaves out the options beyond the paper at the paper's values, and its version is
+        `format_version`: a paper codec is the blob it was before those options existed."""
         arrays, chunks, offset = {}, [], 0
         for name, dtype in _ARRAYS.items():
             a = getattr(self, name)
@@ -243,7 +317,9 @@ class CodecParams:
                 arrays[name] = {"dtype": dtype, "shape": list(a.shape), "offset": offset, "nbytes": len(raw)}
                 chunks.append(raw)
                 offset += len(raw)
-        header = {k: getattr(self, k) for k in _SCALARS} | {"config": self.config.to_dict(), "arrays": arrays}
+        config = {k: v for k, v in self.config.to_dict().items() if k not in _BEYOND or _BEYOND[k] != v}
+        header = {k: getattr(self, k) for k in _SCALARS} | {"config": config, "arrays": arrays}
+        header["version"] = format_version(self.config)
         hb = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
         return _MAGIC + struct.pack("<I", len(hb)) + hb + b"".join(chunks)
 
@@ -261,10 +337,13 @@ class CodecParams:
                 raise DatabaseError(f"codec format {version} is newer than this retr reads; upgrade retr")
             config = CodecConfig.from_dict(h["config"])
             n, p = h["input_dim"], h["dims"]
-            shapes = dict.fromkeys(["explained_variance", "selected", "lo", "hi"], [p])
-            shapes |= {"mean": [n], "components": [p, n]}
-            if version != CODEC_VERSION or set(h["arrays"]) != _needed_arrays(config.reduction):
-                raise ValueError("unexpected version or arrays")
+            shapes = dict.fromkeys(["explained_variance", "selected", "lo", "hi", "bits"], [p])
+            shapes |= {"mean": [n], "components": [p, n], "table": [p, (h["arrays"].get("table") or {}).get(
+                "shape", [0, 0])[-1]]}
+            if not _is_int(version) or not format_version(config) <= version <= CODEC_VERSION:
+                raise ValueError(f"version {version} cannot hold {config.short_name()}")
+            if set(h["arrays"]) != _needed_arrays(config) or ("table" in h["arrays"] and shapes["table"][1] < 1):
+                raise ValueError("unexpected arrays")
             data, fields = blob[12 + size :], {}
             for name, a in h["arrays"].items():
                 if a["shape"] != shapes[name]:
@@ -272,7 +351,13 @@ class CodecParams:
                 # frombuffer raises ValueError if the blob is truncated
                 raw = np.frombuffer(data, _ARRAYS[name], count=math.prod(a["shape"]), offset=a["offset"])
                 fields[name] = raw.reshape(a["shape"]).astype(_ARRAYS[name][1:])
-            return cls(config=config, **{k: h[k] for k in _SCALARS}, **fields)
+            params = cls(config=config, **{k: h[k] for k in _SCALARS}, **fields)
+            if params.bits is not None and (params.bits.max(initial=0) > MAX_ALLOC_BITS
+                                            or params.bits.sum() > 8 * params.code_size):
+                raise ValueError("bad bit allocation")
+            if params.table is not None and params.table.shape[1] != params.levels_per_dim().max(initial=1):
+                raise ValueError("bad shape of table")
+            return params
         except (ValueError, KeyError, TypeError, struct.error) as e:
             raise DatabaseError(f"{corrupt} ({e})") from e
 
@@ -360,8 +445,58 @@ def fit(x: np.ndarray, config: CodecConfig) -> CodecParams:
     params = CodecParams(config=config, lo=lo, hi=hi, **scalars, **parts)
     if config.quantizer == "none":  # no range to learn: lo and hi stay 0 (a stress grid fits ~200 such codecs)
         return params
-    lo, hi = _fit_range(reduce(params, x), config)
-    return dataclasses.replace(params, lo=lo, hi=hi)
+    y = reduce(params, x)
+    lo, hi = _fit_range(y, config)
+    beyond: dict[str, np.ndarray] = {}
+    if config.allocation == "variance":
+        beyond["bits"] = allocate_bits(y.astype(np.float64).var(axis=0), 8 * code_size_for(config, p))
+    if config.levels_kind == "lloyd":
+        hs = np.left_shift(1, beyond["bits"].astype(np.int64)) if "bits" in beyond else np.full(p, config.levels)
+        beyond["table"] = lloyd_table(y, hs)
+    return dataclasses.replace(params, lo=lo, hi=hi, **beyond)
+
+
+def allocate_bits(var: np.ndarray, total: int, max_bits: int = MAX_ALLOC_BITS) -> np.ndarray:
+    """Integer bits (p,) uint8 for dimensions of variances var (p,), summing to min(total, p * max_bits): greedy,
+    each bit to the dimension whose distortion var_j 4**-b_j is largest (ties: the lower dimension), which is
+    taking the `total` largest of log2(var_j) - 2k over j < p, k < max_bits. A dimension without variance gets
+    bits only when every other has max_bits."""
+    var = np.asarray(var, np.float64)
+    p = len(var)
+    with np.errstate(divide="ignore"):
+        gain = np.log2(np.where(var > 0, var, 0.0))[:, None] - 2.0 * np.arange(max_bits)[None, :]
+    order = np.argsort(-gain.ravel(), kind="stable")  # row-major: ties go to the lower dimension, then lower k
+    bits = np.zeros(p * max_bits, np.uint8)
+    bits[order[: min(int(total), p * max_bits)]] = 1
+    return bits.reshape(p, max_bits).sum(axis=1).astype(np.uint8)
+
+
+def lloyd_levels(v: np.ndarray, h: int, iters: int = 100) -> np.ndarray:
+    """Lloyd-Max levels (h,) float64, increasing, of the values v (m,): 1-D k-means started from the quantiles
+    (i + 1/2) / h, each value in the cell of its nearest level (a value on a boundary in the upper cell, as
+    `quantize`), a level the mean of its cell (an empty cell keeps its level), until nothing moves."""
+    v = np.sort(np.asarray(v, np.float64))
+    cs = np.concatenate([[0.0], np.cumsum(v)])
+    lv = np.quantile(v, (np.arange(h) + 0.5) / h)
+    for _ in range(iters):
+        edges = np.concatenate([[0], np.searchsorted(v, (lv[:-1] + lv[1:]) / 2, side="left"), [len(v)]])
+        count = np.diff(edges)
+        new = np.sort(np.where(count > 0, (cs[edges[1:]] - cs[edges[:-1]]) / np.maximum(count, 1), lv))
+        if np.array_equal(new, lv):
+            break
+        lv = new
+    return lv
+
+
+def lloyd_table(y: np.ndarray, hs: np.ndarray) -> np.ndarray:
+    """Lloyd-Max levels of each column of y (m, p) with hs[j] levels: (p, max hs) float32, a row of fewer levels
+    padded with its last one."""
+    hmax = int(np.max(hs, initial=1))
+    table = np.empty((y.shape[1], hmax), _F32)
+    for j, h in enumerate(hs):
+        lv = lloyd_levels(y[:, j], int(h)).astype(_F32)
+        table[j, : len(lv)], table[j, len(lv) :] = lv, lv[-1]
+    return table
 
 
 def reduce(params: CodecParams, x: np.ndarray) -> np.ndarray:
@@ -392,8 +527,12 @@ def quantize(params: CodecParams, y: np.ndarray) -> np.ndarray:
     """y (m, p) -> level indices (m, p), uint8 if h <= 256 else uint16.
 
     Index of the level nearest to y: clamp(floor((y - lo) / st), 0, h - 1); a value on a cell boundary goes to
-    the upper cell, values outside [lo, hi] to the end levels, constant dimensions (st = 0) to level 0.
+    the upper cell, values outside [lo, hi] to the end levels, constant dimensions (st = 0) to level 0. Beyond the
+    paper: st = (hi - lo) / h_j with h_j levels in dimension j (allocation variance); Lloyd-Max levels: the index of
+    the nearest level of the table (boundaries, the midpoints, to the upper cell).
     """
+    if params.bits is not None or params.table is not None:
+        return _quantize_beyond(params, _rows(y, params.dims, "y"))
     lo, st = _steps(params)
     y = _rows(y, params.dims, "y")
     flat = st <= 0
@@ -420,20 +559,52 @@ def _row_chunks(shape: tuple[int, int], block_bytes: int = 1 << 21) -> list[slic
     return [slice(i, min(i + step, m)) for i in range(0, m, step)]
 
 
+def _quantize_beyond(params: CodecParams, y: np.ndarray) -> np.ndarray:
+    hs = params.levels_per_dim()
+    out = np.empty(y.shape, _index_dtype(int(hs.max(initial=1))))
+    if params.table is not None:
+        t = params.table.astype(np.float64)
+        mid = (t[:, :-1] + t[:, 1:]) / 2
+        for j, h in enumerate(hs):
+            out[:, j] = np.searchsorted(mid[j, : h - 1], y[:, j], side="right")
+        return out
+    lo = params.lo.astype(np.float64)
+    st = (params.hi.astype(np.float64) - lo) / hs
+    for r in _row_chunks(y.shape):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.floor((y[r].astype(np.float64) - lo) / st)
+        t[:, st <= 0] = 0.0
+        out[r] = np.clip(t, 0, hs - 1)
+    return out
+
+
 def _level_values(lo: np.ndarray, st: np.ndarray, i: np.ndarray) -> np.ndarray:
     return (lo + st * (i + 0.5)).astype(_F32)
 
 
 def levels(params: CodecParams) -> np.ndarray:
-    """Reconstruction table (p, h) float32: the value of level i of dimension j, lo + st/2 + st*i."""
+    """Reconstruction table (p, h) float32: the value of level i of dimension j, lo + st/2 + st*i (levels lloyd:
+    the Lloyd-Max table). A ConfigError for allocation variance, whose dimensions have different numbers of levels
+    (the fast-scan indexes need one h)."""
+    if params.bits is not None:
+        raise ConfigError("allocation variance gives each dimension its own number of levels: the fast-scan "
+                          "indexes need the same h in every dimension (use --index flat, ivf or hnsw)")
+    if params.table is not None:
+        return params.table.copy()
     lo, st = _steps(params)
     return _level_values(lo[:, None], st[:, None], np.arange(params.config.levels, dtype=np.float64)[None, :])
 
 
 def dequantize(params: CodecParams, idx: np.ndarray) -> np.ndarray:
     """Level indices (m, p) -> their values (m, p) float32 (bit-identical to the `levels` table entries)."""
-    lo, st = _steps(params)
     idx = _rows(idx, params.dims, "idx")
+    if params.table is not None:
+        return params.table[np.arange(params.dims), idx.astype(np.int64)].astype(_F32)
+    if params.bits is not None:
+        lo = params.lo.astype(np.float64)
+        st = (params.hi.astype(np.float64) - lo) / params.levels_per_dim()
+        return _level_values(lo, st, idx.astype(np.float64))
+    lo, st = _steps(params)
     out = np.empty(idx.shape, _F32)
     for r in _row_chunks(idx.shape):
         t = idx[r].astype(np.float64)  # lo + st * (i + 0.5) in place, as _level_values computes it
@@ -451,6 +622,8 @@ def encode_reduced(params: CodecParams, y: np.ndarray) -> np.ndarray:
     if cfg.quantizer == "none":
         return np.ascontiguousarray(y, dtype="<f4").view(np.uint8).reshape(len(y), 4 * params.dims)
     idx = quantize(params, y)
+    if params.bits is not None:
+        return pack_varbits(idx, params.bits)
     return pack_radix(idx, cfg.levels) if cfg.packing == "radix" else pack_bits(idx, _bits(cfg.levels))
 
 
@@ -475,6 +648,8 @@ def indices(params: CodecParams, codes: np.ndarray) -> np.ndarray:
     cfg = params.config
     if cfg.quantizer == "none":
         raise ValueError("a codec without quantizer has no level indices")
+    if params.bits is not None:
+        return unpack_varbits(codes, params.bits)
     if cfg.packing == "radix":
         return unpack_radix(codes, params.dims, cfg.levels)
     return unpack_bits(codes, params.dims, _bits(cfg.levels))
@@ -511,6 +686,39 @@ def unpack_bits(codes: np.ndarray, p: int, bits: int) -> np.ndarray:
     for k in range(bits):
         out |= b[:, :, k].astype(np.uint16) << k
     return out.astype(np.uint8 if bits <= 8 else np.uint16)
+
+
+def pack_varbits(idx: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Indices (m, p), idx[:, j] < 2**bits[j], bits (p,) in [0, 16] -> codes (m, ceil(sum(bits) / 8)) uint8.
+
+    The layout of `pack_bits` with a width per dimension: dimension j occupies bits [o_j, o_j + bits[j]) of the code
+    read as one little-endian integer, o_j = bits[0] + ... + bits[j - 1], least significant bit first; with every
+    width b it is pack_bits(idx, b)."""
+    idx = _rows(idx, len(bits), "idx")
+    bits = np.asarray(bits, np.int64)
+    if idx.size and (idx.min() < 0 or (idx.astype(np.int64) >> bits).any()):
+        raise ValueError("indices must lie in [0, 2**bits) of their dimension")
+    dim = np.repeat(np.arange(len(bits)), bits)  # the dimension of each bit of the code
+    k = np.arange(len(dim)) - np.concatenate([[0], np.cumsum(bits)])[dim]  # its place within the dimension
+    b = (idx.astype(np.uint16)[:, dim] >> k.astype(np.uint16)) & 1
+    return np.packbits(b.astype(np.uint8), axis=1, bitorder="little")
+
+
+def unpack_varbits(codes: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Inverse of `pack_varbits`: codes (m, ceil(sum(bits) / 8)) uint8 -> indices (m, p), uint8 if every width
+    is <= 8, else uint16."""
+    bits = np.asarray(bits, np.int64)
+    total = int(bits.sum())
+    codes = _rows(codes, -(-total // 8), "codes")
+    b = np.unpackbits(codes.astype(np.uint8), axis=1, count=total, bitorder="little").astype(np.uint16)
+    offsets = np.concatenate([[0], np.cumsum(bits)])
+    dim = np.repeat(np.arange(len(bits)), bits)
+    b <<= (np.arange(total) - offsets[dim]).astype(np.uint16)
+    out = np.zeros((len(codes), len(bits)), np.uint16)
+    used = bits > 0
+    if total:  # each used dimension: the sum of its shifted bits (reduceat over consecutive runs)
+        out[:, used] = np.add.reduceat(b, offsets[:-1][used], axis=1)
+    return out.astype(np.uint8 if bits.max(initial=0) <= 8 else np.uint16)
 
 
 def _radix_chunk(h: int) -> int:

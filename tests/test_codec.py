@@ -336,7 +336,7 @@ def test_fingerprint_depends_on_content():
 
 def test_from_bytes_rejects_newer_and_corrupt(tmp_path):
     blob = C.fit(_data(0, 30, 8), C.CodecConfig(dims=4)).to_bytes()
-    newer = blob.replace(b'"version":1', b'"version":2')
+    newer = blob.replace(b'"version":1', b'"version":%d' % (C.CODEC_VERSION + 1))
     with pytest.raises(DatabaseError, match="newer"):
         C.CodecParams.from_bytes(newer)
     for bad in [b"", b"garbage", blob[:-4], b"X" + blob[1:]]:
@@ -473,3 +473,161 @@ def test_wrong_shapes_are_bugs():
         C.decode(params, np.zeros((2, 3), np.uint8))
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
         C.pack_bits(np.array([[4]]), 2)
+
+
+# ---------------------------------------------------------------- beyond the paper: bit allocation, Lloyd-Max levels
+
+
+def test_allocate_bits_by_hand():
+    # variances 16, 4, 1: gains log2(var) - 2k = 4, 2, 0, -2 ... | 2, 0, -2 ... | 0, -2 ...; the 8 largest (ties:
+    # lower dimension first) are 4, 2 (dim 0), 2 (dim 1), 0, 0, 0 (dims 0, 1, 2), -2 (dim 0), -2 (dim 1)
+    assert C.allocate_bits([16, 4, 1], 8).tolist() == [4, 3, 1]
+    assert C.allocate_bits([16, 4, 1], 3).tolist() == [2, 1, 0]
+    assert C.allocate_bits([1, 1, 1], 4).tolist() == [2, 1, 1]  # equal variances: the lower dimensions first
+    # a dimension without variance gets bits only when every other one is full; at most max_bits each
+    assert C.allocate_bits([0, 5], 9, max_bits=8).tolist() == [1, 8]
+    assert C.allocate_bits([3, 2], 100, max_bits=8).tolist() == [8, 8]
+
+
+def test_pack_varbits_by_hand_and_against_the_oracle():
+    # widths 2, 0, 3, 1: [3, 0, 5, 1] -> 3 | 5 << 2 | 1 << 5 = 0b110111 = 0x37, one byte
+    idx = np.array([[3, 0, 5, 1]])
+    assert C.pack_varbits(idx, np.array([2, 0, 3, 1])).tolist() == [[0x37]]
+    assert C.unpack_varbits(np.array([[0x37]], np.uint8), np.array([2, 0, 3, 1])).tolist() == [[3, 0, 5, 1]]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        bits = rng.integers(0, 17, rng.integers(1, 12))
+        idx = rng.integers(0, 1 << bits, (5, len(bits)))
+        oracle = [sum(int(v) << int(o) for v, o in zip(row, np.cumsum(bits) - bits)).to_bytes(
+            -(-int(bits.sum()) // 8), "little") for row in idx]
+        codes = C.pack_varbits(idx, bits)
+        assert codes.tobytes() == b"".join(oracle)
+        assert np.array_equal(C.unpack_varbits(codes, bits), idx)
+    idx = rng.integers(0, 8, (4, 6))  # one width for all: pack_bits' layout
+    assert np.array_equal(C.pack_varbits(idx, np.full(6, 3)), C.pack_bits(idx, 3))
+    with pytest.raises(ValueError, match="2\\*\\*bits"):
+        C.pack_varbits(np.array([[4]]), np.array([2]))
+
+
+def test_lloyd_levels_by_hand():
+    # 0, 0, 0, 1, 9, 10: 2 levels start at the 25% and 75% quantiles (0 and 7.75), boundary 3.875: cells {0, 0, 0, 1}
+    # and {9, 10}, means 0.25 and 9.5; boundary 4.875 keeps the cells: converged
+    np.testing.assert_allclose(C.lloyd_levels(np.array([0, 0, 0, 1, 9, 10.0]), 2), [0.25, 9.5])
+    # a value on a boundary goes to the upper cell: 0, 2, 4 start at 1 and 3, boundary 2: cells {0} and {2, 4}, levels
+    # 0 and 3 (2 going down would give {0, 2} and {4}: 1 and 4)
+    np.testing.assert_allclose(C.lloyd_levels(np.array([0, 2, 4.0]), 2), [0.0, 3.0])
+    np.testing.assert_allclose(C.lloyd_levels(np.array([5.0, 5.0]), 3), [5, 5, 5])  # fewer values than levels
+
+
+def test_lloyd_codec_by_hand():
+    v = np.array([0, 0, 0, 1, 9, 10], np.float32)
+    p = _one_dim(v, levels=2, levels_kind="lloyd")
+    np.testing.assert_allclose(C.levels(p), [[0.25, 9.5]])  # the uniform levels would be 2.5 and 7.5
+    assert C.quantize(p, np.array([[4.8], [4.875], [-3.0], [30.0]], np.float32)).ravel().tolist() == [0, 1, 0, 1]
+    np.testing.assert_allclose(C.decode(p, C.encode(p, v[:, None])).ravel(), [0.25] * 4 + [9.5] * 2)
+    assert p.code_size == 1 and p.version == 2 and p.config.short_name() == "full-q2h2-lloyd"
+
+
+def test_variance_allocation_codec_by_hand():
+    """Dims of standard deviations 4, 2, 1 (variances 16, 4, 1) with a 1-byte budget: 4, 3 and 1 bits (above), so
+    16, 8 and 2 uniform levels over each dimension's [min, max]."""
+    x = np.array([[-4, -2, -1], [4, 2, 1]] * 5, np.float32)
+    p = C.fit(x, C.CodecConfig(reduction="none", allocation="variance", budget=1))
+    assert p.bits.tolist() == [4, 3, 1] and p.code_size == 1 and p.levels_per_dim().tolist() == [16, 8, 2]
+    # levels lo + st (i + 1/2), st = 8 / 16, 4 / 8, 2 / 2: the first dimension's levels -3.75 ... 3.75
+    y = np.array([[0.1, 0.1, 0.1], [-4, 2, -1]], np.float32)
+    idx = C.quantize(p, y)
+    assert idx.tolist() == [[8, 4, 1], [0, 7, 0]]
+    np.testing.assert_allclose(C.dequantize(p, idx), [[0.25, 0.25, 0.5], [-3.75, 1.75, -0.5]])
+    assert C.encode(p, y).tolist() == [[8 | 4 << 4 | 1 << 7], [0 | 7 << 4 | 0 << 7]]
+    with pytest.raises(ConfigError, match="fast-scan"):
+        C.levels(p)
+    assert C.fit(x, C.CodecConfig(reduction="none", allocation="variance", budget=9)).code_size == 3  # 3 x 8 bits
+
+
+@pytest.mark.parametrize("kw", [
+    {"allocation": "greedy"}, {"levels_kind": "kmeans"}, {"allocation": "variance"},
+    {"allocation": "variance", "budget": 0}, {"allocation": "variance", "budget": 4, "quantizer": "q1"},
+    {"allocation": "variance", "budget": 4, "packing": "radix"}, {"budget": 4}, {"levels_kind": "lloyd", "range":
+    "sigma:3"}, {"levels_kind": "lloyd", "quantizer": "q1"}, {"levels_kind": "lloyd", "levels": 300},
+])  # fmt: skip
+def test_config_rejects_bad_options_beyond_the_paper(kw):
+    with pytest.raises(ConfigError) as e:
+        C.CodecConfig(**kw)
+    assert "\n" not in str(e.value)
+
+
+def test_beyond_the_paper_is_version_2_and_the_paper_stays_version_1(tmp_path):
+    x = _data(3, 60, 16)
+    paper = C.fit(x, C.CodecConfig(dims=8))
+    assert paper.version == 1 and b'"version":1' in paper.to_bytes() and b"allocation" not in paper.to_bytes()
+    for cfg in [C.CodecConfig(dims=8, allocation="variance", budget=3),
+                C.CodecConfig(dims=8, levels_kind="lloyd", levels=8),
+                C.CodecConfig(dims=8, allocation="variance", budget=5, levels_kind="lloyd")]:
+        params = C.fit(x, cfg)
+        blob = params.to_bytes()
+        assert params.version == 2 and b'"version":2' in blob
+        back = C.CodecParams.load(params.save(tmp_path / "c.bin"))
+        assert back.fingerprint() == params.fingerprint() and back.config == cfg
+        assert np.array_equal(C.encode(back, x), C.encode(params, x))
+        # a version 1 header cannot hold these options: refused as corrupt, not misread
+        with pytest.raises(DatabaseError, match="corrupt"):
+            C.CodecParams.from_bytes(blob.replace(b'"version":2', b'"version":1'))
+    assert C.CodecConfig.from_dict(C.CodecConfig().to_dict()) == C.CodecConfig()
+    assert C.CodecConfig(dims=64, allocation="variance", budget=16).short_name() == "pca64-q2v16B"
+
+
+@PROPS
+@given(allocation=st.sampled_from(["uniform", "variance"]), kind=st.sampled_from(["uniform", "lloyd"]),
+       budget=st.integers(1, 6), levels=st.sampled_from([2, 3, 4, 16]), seed=st.integers(0, 2**32 - 1))
+def test_beyond_the_paper_decode_then_encode_reproduces_values(allocation, kind, budget, levels, seed):
+    if allocation == "uniform" and kind == "uniform":
+        return  # the paper's codec: test_decode_then_encode_reproduces_codes
+    cfg = C.CodecConfig(dims=6, allocation=allocation, budget=budget if allocation == "variance" else None,
+                        levels=levels, levels_kind=kind)
+    x = _data(seed, 40, 10)
+    params = C.fit(x, cfg)
+    codes = C.encode(params, x)
+    assert codes.shape == (40, params.code_size) and params.code_size == (budget if allocation == "variance" else
+                                                                          -(-6 * (levels - 1).bit_length() // 8))
+    y = C.decode(params, codes)
+    # levels of a dimension may coincide (Lloyd on few distinct values): the values, not the codes, come back
+    np.testing.assert_array_equal(C.decode(params, C.encode_reduced(params, y)), y)
+    if params.bits is not None:
+        assert params.bits.sum() == 8 * budget and params.bits.max() <= C.MAX_ALLOC_BITS
+    if kind == "lloyd" and allocation == "uniform":
+        assert np.array_equal(y, np.take_along_axis(C.levels(params), C.indices(params, codes).T, axis=1).T)
+
+
+def test_lloyd_and_allocation_lower_the_error_at_equal_bytes():
+    """On Gaussian PCA components of decreasing variance, at 4 bytes for 16 dimensions: Lloyd-Max levels (MSE-optimal
+    for each dimension) and bits moved to the high-variance dimensions both reconstruct better than Q-2 at h = 4."""
+    x = (np.random.default_rng(1).standard_normal((2000, 16)) * np.geomspace(4, 0.05, 16)).astype(np.float32)
+    mse = {}
+    for name, kw in {"q2": {}, "lloyd": {"levels_kind": "lloyd"}, "alloc": {"allocation": "variance", "budget": 4},
+                     "both": {"allocation": "variance", "budget": 4, "levels_kind": "lloyd"}}.items():
+        p = C.fit(x, C.CodecConfig(dims=16, levels=4, **kw))
+        assert p.code_size == 4
+        mse[name] = float(np.mean((C.decode(p, C.encode(p, x)) - C.reduce(p, x)) ** 2))
+    assert mse["both"] < mse["alloc"] < mse["q2"] and mse["lloyd"] < mse["q2"]
+
+
+@pytest.mark.parametrize("h", [2, 3, 4, 16])
+def test_lloyd_levels_go_through_the_fast_scan_mapping_losslessly(h):
+    """Lloyd-Max levels with one h in every dimension are a levels table like the paper's: the fast-scan index reads
+    back exactly the codec's decoding, and its re-ranked search is exact search on it."""
+    from retr.indexes import IndexConfig, build_fastscan, search
+
+    rng = np.random.default_rng(h)
+    x = (rng.standard_normal((800, 9)) * np.linspace(1.0, 0.2, 9)).astype(np.float32)
+    params = C.fit(x, C.CodecConfig(reduction="none", levels=h, levels_kind="lloyd"))
+    codes = C.encode(params, x)
+    y = C.decode(params, codes)
+    index = build_fastscan(C.levels(params), C.indices(params, codes), np.arange(800),
+                           IndexConfig("fastscan", rerank=800))
+    assert np.abs(index.reconstruct(np.arange(800)) - y).max() == 0.0
+    yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+    q = rng.standard_normal((10, 9)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    D, _ = search(index, q, 5)
+    np.testing.assert_allclose(D, -np.sort(-(q @ yn.T), axis=1)[:, :5], atol=1e-6)

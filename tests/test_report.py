@@ -311,6 +311,28 @@ def test_best_score_per_byte_budget(written):
     assert "equal_bytes.png" not in [p.name for p in report.write_plots(res, out / "none", "t")]
 
 
+def test_budget_experiments_are_compared_at_their_bytes(tmp_path):
+    """FC at the budget (p dims x 2**b values costing exactly B bytes) and bit allocation add their budgets: 3 B here,
+    where no PQ point is, becomes a row of its own."""
+    res = make_result()
+    res.points += [pt("fcb", 8, 76.0, 1, levels=2), pt("fcb", 4, 77.5, 1, levels=4), pt("fcb", 1, 50.0, 1, levels=256),
+                   pt("alloc", 8, 77.0, 1), pt("alloc", 8, 79.6, 3), pt("allocl", 8, 78.0, 1)]
+    budgets, best = report.best_per_budget(res, "map")
+    assert budgets == [1.0, 2.0, 3.0, 4.0]
+    assert (best["fcb"][1.0].dims, best["fcb"][1.0].levels) == (4, 4)  # the best of its bit widths at 1 B
+    assert best["alloc"][3.0].scores["map"] == 79.6 and best["q2"][3.0].levels == 8  # Q-2 at h = 8: 8 x 3 bits
+    header, rows = report.equal_bytes_rows(res)
+    assert header[7:11] == ["FC", "FC at the budget", "Bit allocation", "Bit allocation, Lloyd-Max levels"]
+    assert rows[0][8:11] == ["77.50 (4 dims, 4 values)", "77.00 (8 dims, bits by variance)",
+                             "78.00 (8 dims, bits by variance)"]  # fmt: skip
+    paths = report.write_report(res, tmp_path, "synthetic", "vgg-m", {}, title="t")
+    page = paths["html"].read_text()
+    assert "Bit allocation (beyond the paper): PCA to every component" in page and "learnt by 1-D k-means" in page
+    # Table 3: 77.5 keeps a 4% loss budget (>= 76.8), not 3% (>= 77.6)
+    assert "| mAP | FC at the budget | 80.000000 | – | – | – | 1 B (4 dims, 4 values) | 1 B (4 dims, 4 values) |" in (
+        tmp_path / "summary.md").read_text()
+
+
 def test_html_is_self_contained(written):
     out, paths, _ = written
     text = paths["html"].read_text()

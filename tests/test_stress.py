@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from retr.eval import stress
+from retr.retrieval import codec
 from retr.eval.metrics import average_precision
 from retr.eval.stress import (
     PAPER_EXPERIMENTS,
@@ -360,6 +361,13 @@ def test_pq_and_opq_are_planned_at_the_code_sizes_of_q2_and_fc_points():
     assert [(p.key, p.dims) for p in pts][:7] == [("m16-b8", 1280), ("m32-b8", 1280), ("m64-b8", 1280),
                                                   ("m160-b8", 1280), ("m320-b8", 1280), ("m480-b8", 1280),
                                                   ("m16-b8-o64", 64)]  # fmt: skip
+    # 288 training vectors (README's neardup tiles): Faiss' OPQ starts from a PCA to its output dimensions, which
+    # crashes with fewer training vectors: M min(4, n // M, 288 // M) = 64, 128, 256, 160 dims; 320 and 480 B none
+    plan = plan_grid(1280, 288, ("pq", "opq"))
+    assert plan.pq_bytes == (16, 32, 64, 160, 320, 480) and plan.opq_bytes == (16, 32, 64, 160)
+    assert [p.key for p in plan.points() if p.kind == "opq"][-1] == "m160-b8-o160"
+    assert plan.adapted["opq"].endswith("capped at 512 dimensions (and at 288, the training vectors its initial PCA "
+                                        "needs)")
     # 4096-D (VGG fc7): the Q-2 points cost 512 to 2560 B; the FC points from 52 B (409 dims at 1 bit). 52 and 154 B
     # do not divide 4096: PQ cuts 52 sub-vectors of 78 or 79 dims, 154 of 26 or 27
     plan = plan_grid(4096, 5011, ("pq", "opq"))
@@ -389,6 +397,48 @@ def test_pq_of_m_not_dividing_n_codes_uneven_sub_vectors():
     assert nbytes == 1.0  # 3 codes of 1 bit
     np.testing.assert_allclose(rtr, x[:48], atol=1e-6)
     np.testing.assert_allclose(rte, x[48:], atol=1e-6)
+
+
+def test_budget_experiments_are_planned_at_16_32_b_and_the_paper_point():
+    """1280-D, 288 training vectors (the neardup tiles of the README). Anchors: 16, 32 and 1280 / 16 = 80 B (the
+    paper's 98.4%); one Q-2 / FC size per other octave: 160, 320 (Q-2 h = 2, 3..4), 480 (Q-2 h = 5..8, nearer 512
+    than 640), 800 (Q-2 h = 17..32). 8 bits on each of PCA's 288 axes hold 288 B: 320 B and above are out of reach."""
+    plan = plan_grid(1280, 288, ("fcb", "alloc", "pq"))
+    assert plan.budget_bytes == (16, 32, 80, 160, 320, 480, 800)
+    assert plan.pq_bytes == (16, 32, 80, 160, 320, 480)  # PQ at the same sizes (up to 512 B)
+    assert plan.adapted["fcb"] == plan.adapted["alloc"] == (
+        "budgets 320, 480, 800 B left out: 8 bits on each of the 288 axes PCA can keep hold 288 B"
+    )
+    pts = [p for p in plan.points() if p.kind in ("fcb", "alloc")]
+    # fcb at 16 B: p = floor(128 / b) dims at 2**b levels, b = 1..8; at 160 B only b >= 5 (p <= 288)
+    assert [(p.dims, p.levels) for p in pts if p.kind == "fcb" and p.budget == 16] == [
+        (128, 2), (64, 4), (42, 8), (32, 16), (25, 32), (21, 64), (18, 128), (16, 256)]
+    assert [p.dims for p in pts if p.kind == "fcb" and p.budget == 160] == [256, 213, 182, 160]
+    assert [(p.budget, p.dims, p.key) for p in pts if p.kind == "alloc"][:2] == [
+        (16, 288, "b16-p288-centred"), (32, 288, "b32-p288-centred")]
+    assert {p.budget for p in pts} == {16, 32, 80, 160}
+    assert plan.settings()["budget_bytes"] == [16, 32, 80, 160, 320, 480, 800]
+    assert "budget_bytes" not in plan_grid(1280, 288, ("q2",)).settings()  # grids without them are as before
+    # 12 training vectors, Q-2 at h = 2 only (160 B), no FC: every budget (16, 32, 80, 160 B) beyond 12 axes x 8 bits
+    assert plan_grid(1280, 12, ("alloc",), levels=[2], fc_dims=[]).skipped == {
+        "alloc": "PCA keeps 12 axes: no budget of 16, 32, 80, 160 B fits"}
+
+
+def test_budget_experiments_cost_exactly_their_budget_and_use_the_codec():
+    """32-dim features, 300 training vectors; Q-2 sizes 4, 8 B, FC 1, 2, 4 B (SMALL), anchors 2 (32 / 16), 16, 32."""
+    r = run(("fcb", "fcbl", "alloc", "allocl"))
+    assert r.settings["budget_bytes"] == [1, 2, 4, 8, 16, 32]
+    for q in r.points[1:]:
+        assert q.bytes_per_vector in (1, 2, 4, 8, 16, 32)
+    fcb = points(r, "fcb")
+    assert {(q.dims, q.levels) for q in fcb if q.bytes_per_vector == 32} == {(32, 256)}  # only 8 bits x 32 dims fits
+    assert len(points(r, "alloc")) == len(points(r, "allocl")) == 6 and all(q.dims == 32 for q in points(r, "alloc"))
+    # the alloc point at 4 B is the codec: PCA on every axis, bits by variance summing to 32, evenly spaced levels
+    params = codec.fit(XTR, codec.CodecConfig(reduction="pca", dims=32, allocation="variance", budget=4))
+    assert params.code_size == 4 and params.bits.sum() == 32
+    want = score(*(l2_normalize(codec.decode(params, codec.encode(params, x))) for x in (XTR, XTE)))
+    (got,) = points(r, "alloc", bytes_per_vector=4.0)
+    assert got.scores["acc"] == want["acc"] and got.scores["map"] == pytest.approx(want["map"], abs=1e-2)
 
 
 # ---------------------------------------------------------------------------------------------------------
