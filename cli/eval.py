@@ -33,7 +33,8 @@ def _parse_levels(s: str) -> tuple[int, ...]:
               help="Report folder: CSVs, results.json, PNG plots, report.html.")
 @click.option("--experiments", default=DEFAULT_EXPERIMENTS, show_default=True,
               help="Comma-separated: dr1, dr2, q1, q2, qb, fc, and beyond the paper q1-quantile, q2-quantile, "
-                   "q1-sigma, q2-sigma, fc-quantile, fc-sigma, pq, opq, model.")
+                   "q1-sigma, q2-sigma, fc-quantile, fc-sigma, pq, opq (at the Q-2/FC code sizes), fcb, fcbl, alloc, "
+                   "allocl (bit allocation by variance / Lloyd-Max levels at equal bytes), model.")
 @ENCODER_OPTIONS
 @click.option("--features-cache", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Folder where descriptors are cached and reused by later runs.")
