@@ -18,7 +18,9 @@ database indexed with `--reduction none --quantizer none` scores, 5,120 bytes); 
 descriptors as the database fits its own: PCA 256 whitened + Q-2 h = 4, and Q-2 h = 4 without reduction (320 bytes).
 For each threshold, over every pair of images: precision and recall of the *pairs* (score >= threshold) and of the
 pairs that the *groups* put together (connected components, what `retr dedup` shows). At the default threshold
-`dedup.find_groups` itself is run on the database and must find exactly the pairs of the dense computation.
+`dedup.find_groups` itself is run on the database and must find exactly the pairs of the dense computation. Query
+expansion is measured on the same set: every image is a query (itself junk, its source's other images positive), mAP
+for each `--expand` method through the engine and on the float32 descriptors.
 
 **Scale** (`--scale N`): `bench.search`'s synthetic stand-in for PCA-reduced descriptors (N x 256, 10,000 Gaussian
 clusters, decaying spectrum), of which 1% are replaced by a near-copy of another vector (Gaussian noise of norm
@@ -26,8 +28,9 @@ clusters, decaying spectrum), of which 1% are replaced by a near-copy of another
 h = 4, no reduction (64 bytes), fitted on 100,000 vectors; the engine's `ivf-fastscan` index (default lists and
 nprobe) built from the codes; every decoded vector searched against it (`dedup.find_pairs`, range search at
 `--scale-threshold`) and the pairs grouped (`dedup.group`), with `--threads` Faiss threads. Reported: build, search
-(wall and process CPU seconds) and grouping times, pairs, groups, recall of the planted pairs and their share of the
-pairs found. This is the library path of `retr dedup` without the LMDB store (reading 1M codes from it is not timed).
+(wall and process CPU seconds) and grouping times, pairs, groups, recall of the planted pairs (and the share of them
+whose decoded vectors reach the threshold: what an exact search finds) and their share of the pairs found. This is
+the library path of `retr dedup` without the LMDB store (reading 1M codes from it is not timed).
 
 Results: stdout and bench/results/dedup.json (`--out`), merged into what the file holds (one entry per grid and seed,
 one per scale).
@@ -133,7 +136,8 @@ def labelled(args) -> dict:
             fid, feats = eng.store.read_all("features", eng.spec.encoder.dim, "<f4")
             assert np.array_equal(fid, ids)
             label = eng.params.label()
-        source = np.array([p.split("/")[0] for p in paths])
+            source = np.array([p.split("/")[0] for p in paths])
+            expand = expansion_map(eng, feats, ids, source)
         photo = np.array([s.split(SEP)[0] for s in source])
         edit = np.array([Path(p).stem for p in paths])
         t0 = time.perf_counter()
@@ -157,7 +161,7 @@ def labelled(args) -> dict:
         res[name] = {"bytes": nbytes, "default_threshold": t_def, "at_default": at,
                      "recall_by_edit_at_default": recall_by_edit(x, source, edit, t_def),
                      "best_group_f1": max(rows, key=lambda r: (r["groups"]["f1"], r["threshold"])),
-                     "first_group_precision_0.95": reach[0] if reach else None, "sweep": rows}
+                     "first_group_precision_0.95": reach[0] if reach else None, "sweep": compact(rows)}
     # find_groups on the database must find the dense computation's pairs at the default threshold
     t_def = dedup.default_threshold(eng.params.config)
     iu, ju = np.triu_indices(len(ids), 1)
@@ -173,7 +177,50 @@ def labelled(args) -> dict:
             "find_groups": {"threshold": found.threshold, "pairs": found.pairs, "groups": len(found.groups),
                             "equals_dense": got == dense, "seconds": round(t_dedup, 2)},
             "seconds": {"write": round(t_write, 1), "index": round(t_index, 1)},
-            "machine_busy_share_while_indexing": busy, "variants": res}
+            "machine_busy_share_while_indexing": busy, "expansion_map": expand, "variants": res}
+
+
+def expansion_map(eng, feats: np.ndarray, ids: np.ndarray, source: np.ndarray) -> dict:
+    """mAP (%) of every image of the set as a query (itself junk, its source's other images positive) for each
+    ``--expand`` method: through the engine (the database's codec; queries reduced, not quantized, as `retr query`)
+    and on the float32 descriptors (`expansion.expanded_search` over an exact search), with seconds per query."""
+    from retr.eval.metrics import compute_map
+    from retr.indexes.vectors import l2n
+    from retr.retrieval import expansion
+
+    n = len(ids)
+    gnd = [{"ok": np.flatnonzero((source == source[i]) & (np.arange(n) != i)), "junk": np.array([i])}
+           for i in range(n)]
+    xf = l2n(feats)
+
+    def search(x, k):
+        sc = x @ xf.T
+        order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sc, order, 1), order
+
+    out = {}
+    for method in expansion.METHODS:
+        row = {}
+        for name, run_ in (("codec", lambda: eng.search_vectors(feats, k=n, expand=method)),
+                           ("float32", lambda: expansion.expanded_search(xf, n, method, search, lambda i: xf[i]))):
+            t0 = time.perf_counter()
+            _, I = run_()
+            sec = time.perf_counter() - t0
+            pos = np.searchsorted(ids, I) if name == "codec" else I
+            m, _, _, _ = compute_map(pos.T, gnd)
+            row[name] = {"map": round(100 * m, 2), "ms_per_query": round(1000 * sec / n, 1)}
+        out[method] = row
+    return out
+
+
+def compact(rows: list[dict]) -> dict:
+    """A sweep as one list per measure (what the JSON keeps): thresholds, then pairs_/groups_ precision, recall,
+    fp and fp_same_photo, aligned."""
+    out = {"threshold": [r["threshold"] for r in rows]}
+    for kind in ("pairs", "groups"):
+        for key in ("precision", "recall", "fp", "fp_same_photo"):
+            out[f"{kind}_{key}"] = [r[kind][key] for r in rows]
+    return out
 
 
 def recall_by_edit(x: np.ndarray, source: np.ndarray, edit: np.ndarray, t: float) -> dict:
@@ -216,6 +263,10 @@ def scale(args) -> dict:
     codes = np.concatenate([codec.encode(params, x[i:i + 65536]) for i in range(0, n, 65536)])
     del x
     t_codec = time.perf_counter() - t0
+    # planted pairs whose decoded vectors reach the threshold: what an exact search would find
+    lo, hi = np.minimum(src, dst), np.maximum(src, dst)
+    reach = float(np.mean(np.einsum("ij,ij->i", l2n(codec.decode(params, codes[lo])),
+                                    l2n(codec.decode(params, codes[hi]))) >= args.scale_threshold))
     ids = np.arange(n, dtype=np.int64)
     t0 = time.perf_counter()
     cfg = indexes.IndexConfig(kind="ivf-fastscan")
@@ -242,7 +293,7 @@ def scale(args) -> dict:
     return {"n": n, "d": d, "code_bytes": params.code_size, "index": cfg.describe(), "nlist": int(index.inner.nlist),
             "nprobe": int(index.inner.nprobe), "threshold": args.scale_threshold, "noise": args.noise,
             "threads": args.threads, "planted_pairs": len(planted),
-            "planted_recall": round(len(planted & found) / len(planted), 4),
+            "planted_above_threshold": round(reach, 4), "planted_recall": round(len(planted & found) / len(planted), 4),
             "planted_share_of_pairs": round(len(planted & found) / max(len(found), 1), 4), "pairs": len(a),
             "groups": len(groups),
             "group_sizes": {str(k): int(v) for k, v in enumerate(sizes) if v},
@@ -268,7 +319,8 @@ def run(args) -> dict:
               f"{args.threads} threads: build {sec['build']} s, search {sec['search']} s "
               f"({res['vectors_per_s']:,} vectors/s, {sec['search_process_cpu']} s of CPU), grouping {sec['group']} s; "
               f"{res['pairs']:,} pairs, "
-              f"{res['groups']:,} groups; planted pairs found {100 * res['planted_recall']:.2f}%, "
+              f"{res['groups']:,} groups; planted pairs found {100 * res['planted_recall']:.2f}% (above the threshold "
+              f"{100 * res['planted_above_threshold']:.2f}%), "
               f"{100 * res['planted_share_of_pairs']:.2f}% of the pairs found "
               f"(machine busy {res['machine_busy_share']})")
     else:
@@ -276,21 +328,24 @@ def run(args) -> dict:
         res["command"] = common.command("dedup", args.argv)
         out.setdefault("labelled", {})[f"grid{args.grid}-seed{args.seed}"] = res
         print(f"{res['images']} images ({res['sources']} sources x 6), {res['positive_pairs']} positive pairs")
-        print(f"{'':44s} {'thr':>5s} | pairs P / R / F1 (fp, same photo) | groups P / R / F1")
+        print(f"{'':44s} {'thr':>5s} | pairs P / R (fp, same photo) | groups P / R")
         for name, v in res["variants"].items():
-            for r in v["sweep"]:
-                if round(r["threshold"] * 100) % 5 and abs(r["threshold"] - v["default_threshold"]) > 1e-9:
+            sw = v["sweep"]
+            for j, t in enumerate(sw["threshold"]):
+                if round(t * 100) % 5 and abs(t - v["default_threshold"]) > 1e-9:
                     continue
-                p, g = r["pairs"], r["groups"]
-                mark = "*" if abs(r["threshold"] - v["default_threshold"]) < 1e-9 else " "
-                print(f"{name:44s} {r['threshold']:5.2f}{mark}| {p['precision']:.3f} / {p['recall']:.3f} / "
-                      f"{p['f1']:.3f} ({p['fp']}, {p['fp_same_photo']}) | {g['precision']:.3f} / {g['recall']:.3f} / "
-                      f"{g['f1']:.3f}")
+                mark = "*" if abs(t - v["default_threshold"]) < 1e-9 else " "
+                print(f"{name:44s} {t:5.2f}{mark}| {sw['pairs_precision'][j]:.3f} / {sw['pairs_recall'][j]:.3f} "
+                      f"({sw['pairs_fp'][j]}, {sw['pairs_fp_same_photo'][j]}) | {sw['groups_precision'][j]:.3f} / "
+                      f"{sw['groups_recall'][j]:.3f}")
             b, f = v["best_group_f1"], v["first_group_precision_0.95"]
             print(f"  {name} ({v['bytes']} B): best group F1 {b['groups']['f1']:.3f} at {b['threshold']:.2f}; groups' "
                   f"precision >= 0.95 from {f['threshold'] if f else None}; recall by edit at the default "
                   f"{v['default_threshold']}: {v['recall_by_edit_at_default']}")
         print(f"find_groups: {res['find_groups']}")
+        print("mAP of every image as a query, by --expand: "
+              + "; ".join(f"{m}: codec {v['codec']['map']} ({v['codec']['ms_per_query']} ms/q), float32 "
+                          f"{v['float32']['map']}" for m, v in res["expansion_map"].items()))
     return out
 
 
