@@ -502,7 +502,6 @@ class Engine:
                batch_size: int = 32, workers: int = 2, expand: str = "none") -> list[QueryResult]:
         """Each query is a path or an ``(H, W, 3) uint8`` array. A query image that cannot be read is answered
         with its ``error`` (the others are still answered). ``expand``: as `search_vectors`."""
-        from .describe import describe
         from .expansion import check_method
 
         _check_k(k)
@@ -510,10 +509,7 @@ class Engine:
         indexes.check_nprobe(self.index, nprobe)
         if not queries:
             return []
-        names = ["<array>" if isinstance(q, np.ndarray) else str(q) for q in queries]
-        got = describe(self.encoder, queries, batch_size=batch_size, workers=workers)
-        out: list[QueryResult] = [QueryResult(n, [], got.skipped[i]) if i in got.skipped else None
-                                  for i, n in enumerate(names)]
+        names, got, out = describe_queries(self.encoder, queries, batch_size, workers)
         ok = np.flatnonzero(got.ok)
         if len(ok):
             D, I = self.search_vectors(got.x[ok], k, symmetric, nprobe, expand)
@@ -527,6 +523,18 @@ class Engine:
         paths = self.store.paths(ii[keep])
         return [Match(r + 1, float(s), os.path.join(self.root, p), int(i))
                 for r, (s, p, i) in enumerate(zip(d[keep], paths, ii[keep]))]
+
+
+def describe_queries(encoder, queries: list, batch_size: int = 32, workers: int = 2):
+    """Query images (paths or uint8 arrays) through the one pipeline: ``(names, descriptions, results)``, where
+    ``results[i]`` is already a `QueryResult` with its ``error`` for a query that could not be read, else None."""
+    from .describe import describe
+
+    names = ["<array>" if isinstance(q, np.ndarray) else str(q) for q in queries]
+    got = describe(encoder, queries, batch_size=batch_size, workers=workers)
+    out: list[QueryResult | None] = [QueryResult(n, [], got.skipped[i]) if i in got.skipped else None
+                                     for i, n in enumerate(names)]
+    return names, got, out
 
 
 def _check_k(k: int) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 from .. import indexes
 from .codec import CodecParams
 from .database import read_params, read_spec, refresh_index, write_spec
-from .engine import Engine, Match, QueryResult, _check_k
+from .engine import Engine, Match, QueryResult, _check_k, describe_queries
 from .errors import ConfigError, DatabaseError
 from .spec import DatabaseSpec
 from .store import FileRecord, Store, key_id
@@ -144,17 +144,12 @@ class ShardedEngine:
                batch_size: int = 32, workers: int = 2) -> list[QueryResult]:
         """Each query is a path or an ``(H, W, 3) uint8`` array; results are `ShardMatch`es. A query image that
         cannot be read is answered with its ``error`` (the others are still answered)."""
-        from .describe import describe
-
         _check_k(k)
         for e in self.engines:
             indexes.check_nprobe(e.index, nprobe)
         if not queries:
             return []
-        names = ["<array>" if isinstance(q, np.ndarray) else str(q) for q in queries]
-        got = describe(self.encoder, queries, batch_size=batch_size, workers=workers)
-        out: list[QueryResult] = [QueryResult(n, [], got.skipped[i]) if i in got.skipped else None
-                                  for i, n in enumerate(names)]
+        names, got, out = describe_queries(self.encoder, queries, batch_size, workers)
         ok = np.flatnonzero(got.ok)
         if len(ok):
             D, S, I = self.search_vectors(got.x[ok], k, symmetric, nprobe)
