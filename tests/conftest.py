@@ -74,6 +74,17 @@ def write_families(root: Path, n_families: int, seed: int = 0) -> dict[str, list
     return fams
 
 
+def indexed_families(root: Path, n_families: int = 3) -> tuple[Path, Path]:
+    """``n_families`` x 7 images under ``root/photos`` indexed into ``root/d.retr`` with random AlexNet + MAC on the
+    CPU (fast); returns (root, database)."""
+    write_families(root / "photos", n_families)
+    d = root / "d.retr"
+    r = run("index", root / "photos", "--db", d, "--backbone", "alexnet", "--weights", "none", "--pooling", "mac",
+            "--device", "cpu", "--batch-size", "8")
+    assert r.exit_code == 0, r.output
+    return root, d
+
+
 @pytest.fixture
 def families(tmp_path):
     """10 families x 7 near-duplicates = 70 small images in tmp_path/photos."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run, write_families
+from conftest import indexed_families, run
 from retr import indexes
 from retr.indexes.neighbours import range_search
 from retr.indexes.vectors import l2n
@@ -108,13 +108,7 @@ def test_options_are_checked():
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory, one_torch_thread):
-    root = tmp_path_factory.mktemp("dedup")
-    write_families(root / "photos", 3)
-    d = root / "d.retr"
-    r = run("index", root / "photos", "--db", d, "--backbone", "alexnet", "--weights", "none", "--pooling", "mac",
-            "--device", "cpu", "--batch-size", "8")
-    assert r.exit_code == 0, r.output
-    return root, d
+    return indexed_families(tmp_path_factory.mktemp("dedup"))
 
 
 def oracle(d, t):

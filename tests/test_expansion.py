@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run, write_families
+from conftest import indexed_families, run
 from retr.indexes.vectors import l2n
 from retr.retrieval import engine, expansion
 from retr.retrieval.errors import ConfigError
@@ -161,13 +161,7 @@ def test_expanded_search_pads_a_small_database():
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory, one_torch_thread):
-    root = tmp_path_factory.mktemp("expansion")
-    write_families(root / "photos", 3)
-    d = root / "d.retr"
-    r = run("index", root / "photos", "--db", d, "--backbone", "alexnet", "--weights", "none", "--pooling", "mac",
-            "--device", "cpu", "--batch-size", "8")
-    assert r.exit_code == 0, r.output
-    return root, d
+    return indexed_families(tmp_path_factory.mktemp("expansion"))
 
 
 def test_engine_expansion_equals_the_functions_on_the_decoded_vectors(db):
