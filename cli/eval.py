@@ -53,13 +53,17 @@ def _parse_levels(s: str) -> tuple[int, ...]:
               type=click.Choice(["flat", "ivf", "hnsw"]),
               help="How retrieval sets are searched at every grid point: flat ranks exactly; ivf and hnsw search the "
                    "index `retr index --index` builds, so approximate search is measured as users get it.")
+@click.option("--expand", default="", show_default=False,
+              help="Also rank every grid point of a retrieval set with these query expansions (comma-separated: "
+                   "aqe, dba, diffusion, as `retr query --expand`) and report each one's score and gain over plain "
+                   "search per level. Exact ranking (--index flat); not for classification sets.")
 @click.option("--solver", default="auto", show_default=True, type=click.Choice(["auto", "sklearn", "torch"]),
               help="Linear SVM solver for classification sets (sklearn's LinearSVC is the reference).")
 @RUN_OPTIONS
 @click.option("--seed", type=int, default=0, show_default=True)
 def eval_cmd(dataset, root, out, experiments, backbone, weights, layer, pooling, scales, max_size, features_cache,
-             no_crop, distractors, fit_on, fit_on_root, reps, grid_levels, pca_projection, index_kind, solver,
-             device, batch_size, workers, jpeg_decode, seed):
+             no_crop, distractors, fit_on, fit_on_root, reps, grid_levels, pca_projection, index_kind, expand,
+             solver, device, batch_size, workers, jpeg_decode, seed):
     """Measure how much accuracy each level of compression costs on DATASET.
 
     \b
@@ -67,17 +71,25 @@ def eval_cmd(dataset, root, out, experiments, backbone, weights, layer, pooling,
     retr eval neardup --out reports/neardup               # bundled photos + seeded edits
     retr eval voc2007 --root ~/data/VOCdevkit/VOC2007 --backbone vgg16 --layer fc7 --out reports/voc
     retr eval roxford5k --root ~/data/roxford5k --backbone resnet101 --pooling gem --out reports/roxf
+    retr eval neardup --experiments q2 --grid-levels 2,4,8,16 --expand aqe,dba,diffusion --out reports/qe
     """
     from ..eval.run import evaluate
+    from ..eval.stress import split_score
 
     enc = encoder_config(backbone, weights, layer, pooling, scales, max_size)
     exps = tuple(e.strip() for e in experiments.split(",") if e.strip())
     r = evaluate(dataset, root, out, enc, exps, features_cache=features_cache, device=device, batch_size=batch_size,
                  workers=workers, jpeg_decode=jpeg_decode, index=index_kind, crop=not no_crop, distractors=distractors,
                  reps=reps, levels=_parse_levels(grid_levels), pca_projection=pca_projection, solver=solver,
-                 codec_from=fit_on, codec_from_root=fit_on_root, seed=seed)
+                 codec_from=fit_on, codec_from_root=fit_on_root, seed=seed,
+                 expand=tuple(e.strip() for e in expand.split(",") if e.strip()))
     base = ", ".join(f"{k} {v:.2f}" for k, v in r.grid.baseline.items())
     click.echo(f"{dataset}: original descriptors ({r.grid.n}-dim float32): {base}")
+    if r.files.get("expansion"):
+        identity = r.grid.points[0].scores
+        gains = "; ".join(f"{name} {identity[name]:.2f} ({identity[name] - identity[split_score(name)[1]]:+.2f})"
+                          for name in identity if split_score(name)[0])
+        click.echo(f"query expansion on them: {gains}; per level: {r.files['expansion'][0]}")
     for name, why in r.grid.skipped.items():  # also in the report's "Left out" section
         click.echo(f"not run: {name}: {why}")
     click.echo(f"report: {r.files['html']} ({r.seconds:.0f} s)")

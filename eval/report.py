@@ -12,6 +12,10 @@ Files written by ``write_report(result, out_dir, dataset, backbone, manifest)``:
   equal_bytes.csv                             the best score of each experiment at each byte budget PQ / OPQ
                                               were planned at (the Q-2 / FC code sizes): comparisons at equal
                                               bytes, never at the nearest size
+  expansion.csv, expansion.png                with query expansion scores (``retr eval --expand``): at every
+                                              level, plain search and each method's score and gain (method -
+                                              plain), per metric; also in results.json ("expansion"),
+                                              summary.md and the HTML page
   report.html                                 all of the above in one file, images as base64 data URIs
 
 CSV conventions (those of the reference files): header line, ``\\n`` line ends, integers for counts,
@@ -47,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..retrieval.fileio import atomic_write
-from .stress import GridResult, Point, summary_table
+from .stress import GridResult, Point, split_score, summary_table, variant_score
 
 RESULTS_VERSION = 1
 BUDGETS = (1, 2, 3, 4, 5)
@@ -260,12 +264,15 @@ def _json_default(o: Any) -> Any:
 
 
 def write_json(result: GridResult, out_dir: str | Path, manifest: dict) -> Path:
-    """``results.json``: {"version": 1, "result": result.to_dict(), "manifest": manifest}.
+    """``results.json``: {"version": 1, "result": result.to_dict(), "manifest": manifest}, and "expansion":
+    `expansion_records` when the points have query expansion scores (which result's points also hold).
 
     Read it back with ``GridResult.from_dict(json.load(f)["result"])``. Undefined scores are written as
     NaN (Python's json reads them back; strict JSON parsers do not).
     """
     doc = {"version": RESULTS_VERSION, "result": result.to_dict(), "manifest": manifest}
+    if expansion_methods(result):
+        doc["expansion"] = expansion_records(result)
     text = json.dumps(doc, indent=2, default=_json_default)
     return _write_bytes(Path(out_dir) / "results.json", text.encode())
 
@@ -450,6 +457,8 @@ def write_summary(result: GridResult, out_dir: str | Path, budgets: Sequence[int
     eq_header, eq_rows = equal_bytes_rows(result)
     if eq_rows:
         md += f"\n## Best score per byte budget\n\n{_EQUAL_BYTES_WORDS}\n\n" + _markdown(eq_header, eq_rows)
+    if expansion_methods(result):
+        md += f"\n## Query expansion per level\n\n{_expansion_words(result)}\n\n" + _markdown(*expansion_rows(result))
     return [
         _write_bytes(out_dir / "summary.csv", _csv_text(header, rows).encode()),
         _write_bytes(out_dir / "summary.md", md.encode()),
@@ -543,6 +552,83 @@ _EQUAL_BYTES_WORDS = (
     "code sizes of Q-2 and FC points, one per octave, and with the budget experiments 16 B, 32 B and the paper's 98.4% "
     "point); – where the experiment has no point of that size."
 )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Query expansion: each method's score beside plain search at every level (`retr eval --expand`)
+
+EXPANSION_LABELS = {"aqe": "AQE", "dba": "DBA", "diffusion": "Diffusion"}
+
+
+def expansion_label(method: str) -> str:
+    return EXPANSION_LABELS.get(method, method)
+
+
+def expansion_methods(result: GridResult) -> list[str]:
+    """The query expansion methods the points were also scored with (their variant scores "<method>:<metric>",
+    `stress.variant_score`), in the order the score function gave them; [] without --expand."""
+    names = result.points[0].scores if result.points else {}
+    return list(dict.fromkeys(v for v, m in map(split_score, names) if v and m in result.metric_names))
+
+
+def _expansion_cells(result: GridResult) -> list[tuple[Point, str]]:
+    """(point, metric) of the expansion table: each experiment's settings (repetitions averaged,
+    `GridResult.aggregate`), identity first, times each metric."""
+    return [(p, m) for exp in _experiments(result) for p in result.aggregate(exp) for m in result.metric_names]
+
+
+def expansion_records(result: GridResult) -> list[dict[str, Any]]:
+    """One record per experiment, setting and metric (`_expansion_cells`): experiment, dims, levels, removed_bits,
+    bytes_per_vector, metric, plain (the metric's score) and for each method m of `expansion_methods`: m (its
+    score) and "<m>_gain" (m - plain, in points)."""
+    out = []
+    for p, metric in _expansion_cells(result):
+        plain = p.scores.get(metric, math.nan)
+        rec = dict(experiment=p.experiment, dims=p.dims, levels=p.levels, removed_bits=p.removed_bits,
+                   bytes_per_vector=p.bytes_per_vector, metric=metric, plain=plain)
+        for m in expansion_methods(result):
+            score = p.scores.get(variant_score(m, metric), math.nan)
+            rec[m], rec[f"{m}_gain"] = score, score - plain
+        out.append(rec)
+    return out
+
+
+def expansion_rows(result: GridResult, csv_format: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The expansion table: a row per `expansion_records` record, a score and a gain column per method.
+    csv_format: the CSV's columns (Dimensions, Values, Removed Bits; every real number %.6f); else the page's
+    (the setting in words, bytes %g, scores %.2f, gains %+.2f)."""
+    methods = expansion_methods(result)
+    keys = ["Dimensions", "Values", "Removed Bits"] if csv_format else ["Setting"]
+    header = ["Experiment", *keys, "Bytes per vector", "Metric", "Plain"]
+    for m in methods:
+        header += [expansion_label(m), f"{expansion_label(m)} gain"]
+    score, gain = (_f6, _f6) if csv_format else ((lambda v: f"{v:.2f}"), (lambda v: f"{v:+.2f}"))
+    rows = []
+    for (p, _), r in zip(_expansion_cells(result), expansion_records(result)):
+        setting = [_int(p.dims), _int(p.levels), _int(p.removed_bits)] if csv_format else [setting_words(p)]
+        nbytes = _f6(p.bytes_per_vector) if csv_format else f"{p.bytes_per_vector:g}"
+        row = [experiment_label(p.experiment), *setting, nbytes, metric_column(r["metric"]), score(r["plain"])]
+        for m in methods:
+            row += [score(r[m]), gain(r[f"{m}_gain"])]
+        rows.append(row)
+    return header, rows
+
+
+def write_expansion(result: GridResult, out_dir: str | Path) -> list[Path]:
+    """``expansion.csv`` (`expansion_rows` in CSV format); nothing when the points have no expansion scores."""
+    if not expansion_methods(result):
+        return []
+    header, rows = expansion_rows(result, csv_format=True)
+    return [_write_bytes(Path(out_dir) / "expansion.csv", _csv_text(header, rows).encode())]
+
+
+def _expansion_words(result: GridResult) -> str:
+    names = ", ".join(expansion_label(m) for m in expansion_methods(result))
+    return (f"Plain search and query expansion ({names}; retrieval/expansion.py, as `retr query --expand`) ranking "
+            "the same stressed vectors at every level, exactly; gain = the method's score - plain search's, in "
+            "points. AQE: each query plus its 2 best, weighted by cosine³; DBA: every database vector plus its 2 "
+            "nearest; Diffusion: Iscen et al. (CVPR 2017) over the whole database's mutual 50-NN graph, ranked by "
+            "its scores.")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -743,6 +829,34 @@ def _plot_equal_bytes(result: GridResult, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _plot_expansion(result: GridResult, title: str, path: Path) -> Path:
+    """Plain search and each query expansion method per byte (log x): a colour per method, a line style per
+    experiment; the original float32 descriptors as markers at 4n bytes."""
+    ms, methods = result.metric_names, expansion_methods(result)
+    fig, axes = _figure(len(ms))
+    exps = [e for e in _experiments(result) if e != "identity"]
+    for ax, m in zip(axes, ms):
+        for k, (variant, label) in enumerate([(None, "plain")] + [(v, expansion_label(v)) for v in methods]):
+            name = m if variant is None else variant_score(variant, m)
+            color = "k" if variant is None else f"C{k - 1}"
+            for i, exp in enumerate(exps):
+                ps = sorted(result.aggregate(exp), key=lambda p: p.bytes_per_vector)
+                ax.plot([p.bytes_per_vector for p in ps], [p.scores.get(name, math.nan) for p in ps], marker=".",
+                        color=color, linestyle=("-", "--", ":", "-.")[i % 4],
+                        label=f"{label}, {experiment_label(exp)}" if len(exps) > 1 else label)
+            ident = [p for p in result.points if p.experiment == "identity"]
+            if ident:
+                ax.plot([ident[0].bytes_per_vector], [ident[0].scores.get(name, math.nan)], marker="*",
+                        markersize=10, color=color, linestyle="none")
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per vector (log scale; stars: the original float32)")
+        ax.set_ylabel(metric_column(m))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    _titles(fig, [(ax, f"{metric_column(m)} with query expansion") for ax, m in zip(axes, ms)], title)
+    return _save(fig, path)
+
+
 def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Path]:
     """PNG figures for the experiments present (one panel per metric):
 
@@ -755,6 +869,7 @@ def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Pat
                                        (best per size as a line)
     equal_bytes.png                    the best score of every experiment at each byte budget PQ / OPQ were
                                        planned at (`best_per_budget`): comparisons at exactly equal bytes
+    expansion.png                      plain search and each query expansion method vs bytes per vector, log x
     """
     out_dir = Path(out_dir)
     exps = [e for e in _experiments(result) if e != "identity"]
@@ -785,6 +900,8 @@ def write_plots(result: GridResult, out_dir: str | Path, title: str) -> list[Pat
         paths.append(_plot_bytes(result, by_size, title, out_dir / "bytes.png"))
     if any(best_per_budget(result, m)[0] for m in result.metric_names):
         paths.append(_plot_equal_bytes(result, title, out_dir / "equal_bytes.png"))
+    if expansion_methods(result):
+        paths.append(_plot_expansion(result, title, out_dir / "expansion.png"))
     return paths
 
 
@@ -933,6 +1050,9 @@ def write_html(
     if eq_rows:
         parts += ["<h2>Best score per byte budget</h2>", f"<p>{esc(_EQUAL_BYTES_WORDS)}</p>",
                   _html_table(eq_header, eq_rows)]
+    if expansion_methods(result):
+        parts += ["<h2>Query expansion per level</h2>", f"<p>{esc(_expansion_words(result))}</p>",
+                  _html_table(*expansion_rows(result))]
     parts += [
         "<h2>All results</h2>",
     ]
@@ -965,7 +1085,7 @@ def write_report(
     """Write every file of the report into ``out_dir`` (created if needed).
 
     Returns {"csv": [...], "json": Path, "plots": [...], "summary": [csv, md], "equal_bytes": [csv] (empty
-    without PQ / OPQ points), "html": Path}.
+    without PQ / OPQ points), "expansion": [csv] (empty without query expansion scores), "html": Path}.
     """
     out_dir = Path(out_dir)
     title = title or f"Stress tests: {backbone} on {dataset}, layer {result.layer}"
@@ -976,5 +1096,6 @@ def write_report(
         "plots": plots,
         "summary": write_summary(result, out_dir),
         "equal_bytes": write_equal_bytes(result, out_dir),
+        "expansion": write_expansion(result, out_dir),
         "html": write_html(result, out_dir, manifest, title, plots),
     }

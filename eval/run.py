@@ -6,6 +6,11 @@ Descriptors are computed once per (dataset, encoder) and cached as ``.npy`` unde
 of the grid reuses them, and the grid caches each point under ``out/cache`` so an interrupted run resumes.
 Retrieval sets score mAP per protocol (codec fitted on the database descriptors, applied to database and queries);
 classification sets score a one-vs-rest linear SVM (C = 1) trained on the stressed training split.
+
+With ``expand`` (``retr eval --expand aqe,dba,diffusion``), retrieval sets also rank every grid point's stressed
+(decoded) vectors with each query expansion method of `retrieval.expansion` (`expanded_rankings`), scored by the
+same protocols under the names "<method>:<metric>" (`stress.variant_score`); the report puts them beside plain
+search, with the gain, per level.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 from ..retrieval.backbones import get_spec
 from ..retrieval.encoder import Encoder, EncoderConfig, resolve_device
 from ..retrieval.errors import ConfigError, DatasetError
+from ..retrieval import expansion
 from ..retrieval.fileio import atomic_write
 from . import metrics, report, stress
 from .datasets import ClassificationDataset, RetrievalDataset, load_dataset
@@ -31,6 +37,10 @@ from .svm import LinearModel, classification_metric, decision, train_ovr
 PAPER_EXPERIMENTS = stress.PAPER_EXPERIMENTS  # defined once, in stress.py; cli/eval.py imports it from here
 EVAL_INDEXES = ("flat", "ivf", "hnsw")
 GRID_ONLY = {"model"}  # experiments that are not points of the stress grid
+EXPAND_METHODS = tuple(m for m in expansion.METHODS if m != "none")  # plain search is always scored
+# --expand works on exact n x n cosines of the database (DBA's neighbours, the diffusion's graph): 800 MB of float64
+# at 10,000 vectors, enough for the revisited Oxford (4,993) and Paris (6,322) databases without distractors.
+EXPAND_MAX_DB = 10_000
 
 
 @dataclass
@@ -111,19 +121,73 @@ def ranking(xdb: np.ndarray, xq: np.ndarray, index: str = "flat") -> np.ndarray:
     return out.T
 
 
-def retrieval_scores(ds: RetrievalDataset, index: str = "flat"):
-    """score_fn for the grid: ``(xdb (n, d), xq (m, d)) -> {protocol: mAP 0-100, ...}``, ranked by `ranking`."""
+def protocol_scores(ds: RetrievalDataset, ranks: np.ndarray) -> dict[str, float]:
+    """The dataset's protocols scored on ``ranks (n_db, n_q)`` (`ranking`'s layout): ``{protocol: mAP 0-100}``
+    (Easy / Medium / Hard for the revisited sets; "map", and "recall@1" for neardup, otherwise)."""
+    if ds.protocols == ("easy", "medium", "hard"):
+        res = metrics.revisited_protocols(ranks, ds.gnd)
+        return {p: 100 * res[p].map for p in ds.protocols}
+    m, _, _, _ = metrics.compute_map(ranks, ds.gnd)
+    out = {"map": 100 * m}
+    if ds.protocols == ("neardup",):
+        out["recall@1"] = 100 * metrics.recall_at_k(ranks.T[:, :1], [set(g["ok"]) for g in ds.gnd], 1)
+    return out
+
+
+def expanded_rankings(xdb: np.ndarray, xq: np.ndarray, methods: tuple[str, ...],
+                      ranks: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every database position ranked for each query by each query expansion method, ``{method: (n_db, n_q)}``.
+
+    xdb (n, d), xq (m, d): L2-normalised float32 rows (the grid's stressed vectors); ranks: their plain exact
+    ranking (`ranking` with ``flat``), computed when None. The functions of `retrieval.expansion` over the whole
+    database, exactly:
+
+    - ``aqe``: `expansion.aqe` of each query over its best AQE_K of ``ranks``, ranked again by cosine;
+    - ``dba``: the queries ranked by cosine against `expansion.dba` (xdb), every vector augmented;
+    - ``diffusion``: ranked by decreasing `expansion.diffusion` (xq, xdb) score, the graph over all of xdb (no
+      truncation: `retr query --expand diffusion` diffuses among each query's best 1,000, the same when n <= 1,000).
+
+    Ties keep database order, as `ranking`."""
+    out = {}
+    for method in methods:
+        if method == "aqe":
+            I = (ranking(xdb, xq) if ranks is None else ranks)[: expansion.AQE_K].T
+            out[method] = ranking(xdb, expansion.aqe(xq, xdb, I))
+        elif method == "dba":
+            out[method] = ranking(expansion.dba(xdb), xq)
+        elif method == "diffusion":
+            out[method] = np.argsort(-expansion.diffusion(xq, xdb), axis=1, kind="stable").T
+        else:
+            raise ConfigError(f"unknown --expand {method!r}; choose among {', '.join(EXPAND_METHODS)}")
+    return out
+
+
+def retrieval_scores(ds: RetrievalDataset, index: str = "flat", expand: tuple[str, ...] = ()):
+    """score_fn for the grid: ``(xdb (n, d), xq (m, d)) -> {protocol: mAP 0-100, ...}``, ranked by `ranking`; with
+    ``expand`` (methods of EXPAND_METHODS, flat index only), also ``{"<method>:<protocol>": ...}`` of the same
+    protocols on each method's `expanded_rankings`."""
+    expand = check_expand(expand, index)
+
     def score(xdb: np.ndarray, xq: np.ndarray) -> dict[str, float]:
         ranks = ranking(xdb, xq, index)
-        if ds.protocols == ("easy", "medium", "hard"):
-            res = metrics.revisited_protocols(ranks, ds.gnd)
-            return {p: 100 * res[p].map for p in ds.protocols}
-        m, _, _, _ = metrics.compute_map(ranks, ds.gnd)
-        out = {"map": 100 * m}
-        if ds.protocols == ("neardup",):
-            out["recall@1"] = 100 * metrics.recall_at_k(ranks.T[:, :1], [set(g["ok"]) for g in ds.gnd], 1)
+        out = protocol_scores(ds, ranks)
+        for method, r in expanded_rankings(xdb, xq, expand, ranks).items():
+            out.update({stress.variant_score(method, k): v for k, v in protocol_scores(ds, r).items()})
         return out
     return score
+
+
+def check_expand(methods: tuple[str, ...], index: str = "flat") -> tuple[str, ...]:
+    """The ``--expand`` methods asked, validated, repeats removed, in EXPAND_METHODS' order; they rank exactly, so
+    only with the ``flat`` index (a ConfigError otherwise, as for an unknown method)."""
+    for m in methods:
+        if m not in EXPAND_METHODS:
+            why = " (plain search is always scored)" if m == "none" else ""
+            raise ConfigError(f"--expand {m!r}{why}: choose among {', '.join(EXPAND_METHODS)}, comma-separated")
+    if methods and index != "flat":
+        raise ConfigError(f"--expand ranks exactly (the expansions' neighbours and graph are exact): use --index "
+                          f"flat, not {index}")
+    return tuple(m for m in EXPAND_METHODS if m in methods)
 
 
 # The grid's SVM tolerance: bench/README.md measured max |mAP - LinearSVC's mAP| 0.005 points at 1e-5 on a VOC
@@ -153,14 +217,16 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
              distractors: str | os.PathLike | None = None, reps: int = 10,
              levels: tuple[int, ...] = tuple(range(2, 31)), pca_projection: str = "centred", solver: str = "auto",
              codec_from: str | None = None, codec_from_root: str | os.PathLike | None = None,
-             seed: int = 0, progress: bool = True) -> EvalResult:
+             seed: int = 0, progress: bool = True, expand: tuple[str, ...] = ()) -> EvalResult:
     """Run the stress grid on one benchmark and write CSV, JSON, PNG and HTML under ``out``.
 
     Every transform (PCA, min/max, PQ) is learnt on the training split (the database for retrieval sets), or, with
     ``codec_from``, on the database descriptors of another retrieval dataset read from ``codec_from_root`` (e.g.
-    learn on Paris, evaluate on Oxford)."""
+    learn on Paris, evaluate on Oxford). ``expand``: query expansion methods (EXPAND_METHODS) also scored at every
+    point of a retrieval set (module doc); refused for classification sets."""
     t0 = time.perf_counter()
     out = Path(out)
+    expand = check_expand(tuple(expand), index)  # before any image is read
     enc_cfg = encoder or EncoderConfig()
     kw = {}
     if dataset in ("oxford5k", "paris6k"):
@@ -172,6 +238,12 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
     if dataset in ("synthetic", "synthetic-cls") and root is None:
         root = out / f"{dataset}-images"
     ds = load_dataset(dataset, root, **kw)
+    if expand and not isinstance(ds, RetrievalDataset):
+        raise ConfigError(f"--expand re-ranks retrieval results; {dataset} is a classification dataset (scored by "
+                          "linear SVMs): drop --expand")
+    if expand and len(ds.db_paths) > EXPAND_MAX_DB:
+        raise ConfigError(f"--expand computes exact cosines among the {len(ds.db_paths)} database images: at most "
+                          f"{EXPAND_MAX_DB:,} (leave out the distractors)")
     if index not in EVAL_INDEXES:
         raise ConfigError(f"--index {index}: retr eval searches the grid's vectors with {', '.join(EVAL_INDEXES)} "
                           "(fast-scan kinds scan Q-2 codes of at most 16 levels, not every point of the grid)")
@@ -187,7 +259,7 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
     if isinstance(ds, RetrievalDataset):
         xtr = feats(ds.db_paths, "db")
         xte = feats([q.path for q in ds.queries], "queries", [q.bbox for q in ds.queries])
-        score_fn = retrieval_scores(ds, index)
+        score_fn = retrieval_scores(ds, index, expand)
         all_paths = ds.db_paths + [q.path for q in ds.queries]
     else:
         xtr = feats(ds.train_paths, "train")
@@ -207,12 +279,13 @@ def evaluate(dataset: str, root: str | os.PathLike | None, out: str | os.PathLik
     grid_experiments = tuple(e for e in experiments if e not in GRID_ONLY)
     plan = stress.plan_grid(xtr.shape[1], len(xtr) if fit_on is None else len(fit_on), grid_experiments, reps=reps,
                             levels=levels, pca_projection=pca_projection, fc_levels=levels)
+    # the cache tag names the expansions: points cached without them lack their scores
     grid = stress.run_plan(plan, xtr, xte, score_fn, layer=enc_cfg.layer, cache_dir=out / "cache", progress=progress,
-                           fit_on=fit_on)
+                           fit_on=fit_on, cache_tag=f"expand={','.join(expand)}" if expand else "")
     manifest = report.build_manifest(dataset=dataset, root=str(root) if root else None, encoder=enc_cfg.to_dict(),
                                      dataset_fingerprint=dataset_fingerprint(all_paths), n_train=len(xtr),
                                      n_test=len(xte), seed=seed, experiments=list(experiments),
-                                     codec_from=codec_from,
+                                     codec_from=codec_from, expand=list(expand),
                                      wall_time_s=round(time.perf_counter() - t0, 1))
     files = report.write_report(grid, out, dataset, enc_cfg.backbone, manifest,
                                 title=f"{dataset}: {enc_cfg.describe()}")

@@ -183,11 +183,30 @@ def _sort_key(p: Point) -> tuple:
     return (p.dims, p.levels or 0, p.removed_bits or 0, p.bytes_per_vector, p.rep or 0)
 
 
+# A score function may also score variants of its own computation beside its metrics, under the name
+# "<variant>:<metric>" (`variant_score`): `retr eval --expand` adds "aqe:map", "dba:map"... (query expansion ranking
+# the same stressed vectors). They are kept in every Point's scores and averaged like the others, but are not
+# metric_names: each is a score *of* a metric, which eval/report.py shows beside it.
+VARIANT_SEP = ":"
+
+
+def variant_score(variant: str, metric: str) -> str:
+    """The score name of ``metric`` under a variant: ("aqe", "map") -> "aqe:map"."""
+    return f"{variant}{VARIANT_SEP}{metric}"
+
+
+def split_score(name: str) -> tuple[str | None, str]:
+    """(variant, metric) of a score name: "aqe:map" -> ("aqe", "map"); a metric itself -> (None, "map")."""
+    variant, sep, metric = name.partition(VARIANT_SEP)
+    return (variant, metric) if sep else (None, name)
+
+
 @dataclass
 class GridResult:
-    """All points of one grid: layer name, n input dimensions, metric names (score_fn's keys), the baseline
-    (identity) scores, the points (identity included, in computation order), the settings that made them and
-    the experiments asked for that have no point, with the reason (skipped: {experiment: why}).
+    """All points of one grid: layer name, n input dimensions, metric names (score_fn's keys, less its variant
+    scores "<variant>:<metric>", which only the points carry), the baseline (identity) scores of those metrics, the
+    points (identity included, in computation order), the settings that made them and the experiments asked for
+    that have no point, with the reason (skipped: {experiment: why}).
     """
 
     layer: str
@@ -904,7 +923,7 @@ def run_plan(
         "m_test": len(xte), "m_fit": m_fit, "fit_on": "train" if fit_on is None else "other", "cache_tag": cache_tag,
         "fingerprint": fingerprint,
     }  # fmt: skip
-    baseline = dict(points[0].scores)
+    baseline = {m: v for m, v in points[0].scores.items() if split_score(m)[0] is None}
     return GridResult(layer, n, list(baseline), baseline, points, settings, skipped=dict(plan.skipped))
 
 
@@ -936,7 +955,8 @@ def run_grid(
     xtr (m_tr, n), xte (m_te, n) float features: training / test vectors for classification, database /
     query descriptors for retrieval; every transform is fitted on xtr, or on fit_on (m_fit, n) if given.
     score_fn(xtr', xte') gets the stressed, L2-normalised float32 features and returns {metric name: score in
-    0-100}, the same names at every point. layer: a label stored in the result.
+    0-100}, the same names at every point (names "<variant>:<metric>" are variant scores: `variant_score`).
+    layer: a label stored in the result.
     Grid options: reps (dr1 repetitions); levels (h of q1 / q2); dr_sizes (dr1 / dr2 sizes, default
     dr1_sizes(n); PCA sizes beyond min(n, m_fit) are dropped, see plan_grid); fc_dims, fc_levels (default
     fc_grid(n)); qb_bits (k of qb64 and qb32, default all, those above 32 skipped for qb32); ranges (name -> codec
