@@ -214,6 +214,65 @@ def test_several_protocols_one_file_each(tmp_path):
     )
 
 
+def expanded_result():
+    """Revisited protocols with query expansion scores ("<method>:<protocol>"), as `retr eval --expand` gives:
+    the identity and Q-2 at h = 2 and 4, DR-1 with two repetitions (averaged as the other tables average them)."""
+    protocols = ("easy", "medium", "hard")
+
+    def scores(s):
+        plain = {"easy": s + 10, "medium": s, "hard": s - 30}
+        return {**plain, **{f"{m}:{p}": v + gain for m, gain in (("aqe", 2.0), ("dba", 3.5), ("diffusion", -1.0))
+                            for p, v in plain.items()}}
+
+    points = [pt("identity", N, scores(60.0), 4 * N)]
+    points += [pt("q2", N, scores(s), N * b / 8, levels=h) for h, b, s in ((2, 1, 40.0), (4, 2, 55.0))]
+    points += [pt("dr1", 4, scores(s), 16, rep=r) for r, s in ((0, 50.0), (1, 52.0))]
+    return GridResult(layer="conv", n=N, metric_names=list(protocols), baseline=scores(60.0), points=points,
+                      settings={})
+
+
+def test_expansion_gain_per_level(tmp_path):
+    res = expanded_result()
+    assert report.expansion_methods(res) == ["aqe", "dba", "diffusion"]
+    paths = report.write_report(res, tmp_path, "roxford5k", "resnet50", {"expand": ["aqe", "dba", "diffusion"]})
+    assert paths["expansion"] == [tmp_path / "expansion.csv"]
+    rows = read_csv(tmp_path / "expansion.csv")
+    assert rows[0] == ["Experiment", "Dimensions", "Values", "Removed Bits", "Bytes per vector", "Metric", "Plain",
+                       "AQE", "AQE gain", "DBA", "DBA gain", "Diffusion", "Diffusion gain"]
+    assert len(rows) == 1 + 4 * 3  # identity, DR-1 (averaged), Q-2 h = 2 and 4; three protocols each
+    assert rows[1] == ["Identity", "8", "", "", "32.000000", "mAP (easy)", "70.000000", "72.000000", "2.000000",
+                       "73.500000", "3.500000", "69.000000", "-1.000000"]
+    assert ["DR-1", "4", "", "", "16.000000", "mAP (hard)", "21.000000", "23.000000", "2.000000"] in \
+        [r[:9] for r in rows]  # the mean of 20 and 22
+    assert ["Q-2", "8", "4", "", "2.000000", "mAP (medium)", "55.000000", "57.000000", "2.000000", "58.500000",
+            "3.500000", "54.000000", "-1.000000"] in rows
+    doc = json.loads(paths["json"].read_text())
+    rec = next(r for r in doc["expansion"] if r["experiment"] == "q2" and r["levels"] == 2 and r["metric"] == "hard")
+    assert (rec["plain"], rec["dba"], rec["dba_gain"], rec["diffusion_gain"]) == (10.0, 13.5, 3.5, -1.0)
+    assert GridResult.from_dict(doc["result"]).points[1].scores["aqe:hard"] == 12.0
+    page = paths["html"].read_text()
+    assert "<h2>Query expansion per level</h2>" in page
+    assert "<td>Q-2</td><td>4 values</td><td>2</td><td>mAP (medium)</td><td>55.00</td><td>57.00</td><td>+2.00</td>" \
+        in page
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Query expansion per level" in md
+    assert "| Identity | 8 dims | 32 | mAP (easy) | 70.00 | 72.00 | +2.00 |" in md
+    assert "expansion.png" in [p.name for p in paths["plots"]]
+    assert (tmp_path / "expansion.png").read_bytes().startswith(PNG_SIGNATURE)
+    # the metrics' own files are those of a result without expansions
+    assert read_csv(tmp_path / "q-2_resnet50_roxford5k_medium.csv")[1] == ["conv", "2", "40.000000", "1.000000",
+                                                                           "96.875000"]
+    assert [r[0] for r in read_csv(tmp_path / "summary.csv")[1:]] == ["mAP (easy)"] * 2 + ["mAP (medium)"] * 2 + \
+        ["mAP (hard)"] * 2
+
+
+def test_no_expansion_files_without_expansion_scores(written):
+    out, paths, _ = written
+    assert paths["expansion"] == [] and not (out / "expansion.csv").exists()
+    assert "Query expansion" not in paths["html"].read_text() and "expansion" not in json.loads(
+        paths["json"].read_text())
+
+
 def test_results_json_round_trip(written):
     out, paths, manifest = written
     assert paths["json"] == out / "results.json"
