@@ -90,9 +90,9 @@ def _plural(n: int, word: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def index_cmd(ctx, folder, db, preset, backbone, weights, layer, pooling, scales, max_size, model_file, reduction,
-              dims, whiten, quantizer, levels, range_, packing, index_kind, nlist, index_nprobe, rerank, hnsw_m,
-              train_size, freeze, keep_features, refit, codec_from, forget_deleted, retry_skipped, device,
-              batch_size, workers, jpeg_decode, ray_address, as_json):
+              dims, whiten, quantizer, levels, range_, packing, allocation, budget, levels_kind, index_kind, nlist,
+              index_nprobe, rerank, hnsw_m, train_size, freeze, keep_features, refit, codec_from, forget_deleted,
+              retry_skipped, device, batch_size, workers, jpeg_decode, ray_address, as_json):
     """Index every image under FOLDER into the database --db.
 
     Settings come from what the database holds, then the options given, then the --preset (or the defaults); an
@@ -106,7 +106,8 @@ def index_cmd(ctx, folder, db, preset, backbone, weights, layer, pooling, scales
                         max_size=max_size)
     request = SpecRequest(encoder=enc, codec=asked_codec(ctx, reduction=reduction, dims=dims, whiten=whiten,
                                                          quantizer=quantizer, levels=levels, range_=range_,
-                                                         packing=packing),
+                                                         packing=packing, allocation=allocation, budget=budget,
+                                                         levels_kind=levels_kind),
                           index=asked_index(index_kind, nlist, index_nprobe, rerank, hnsw_m), train_size=train_size,
                           preset=preset, model=model_file)
     rep = engine.index_folder(folder, db, request=request, keep_features=keep_features, forget_deleted=forget_deleted,
@@ -118,8 +119,8 @@ def index_cmd(ctx, folder, db, preset, backbone, weights, layer, pooling, scales
         return
     click.echo(f"{rep.db}: {_plural(rep.total, 'image')}, {_plural(rep.code_size, 'byte')} each "
                f"(+{rep.added} new, {rep.updated} updated, {rep.removed} removed, {rep.unchanged} unchanged, "
-               f"{len(rep.skipped)} skipped){'; codec fitted' if rep.codec_fitted else ''} "
-               f"in {rep.timings.get('total', 0):.1f} s")
+               f"{len(rep.skipped)} skipped) in {rep.timings.get('total', 0):.1f} s"
+               f"{'; codec fitted' if rep.codec_fitted else ''}")
     if rep.codec_note:
         click.echo(f"codec: {rep.codec_note}")
     if rep.missing:
@@ -209,6 +210,12 @@ def info_cmd(db, as_json):
         built = (f"; built over {i.index['ntotal']} vectors, {i.index['bytes'] / 2**20:.2f} MiB" if i.index
                  else "; not built yet")
         click.echo(f"index        {IndexConfig.from_dict(i.index_config).describe()}{built}")
+    b = i.bytes_per_image
+    if b:
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(b["lmdb"].items(), key=lambda kv: -kv[1]))
+        click.echo(f"per image    code {b['code']} B; LMDB {b['lmdb_total']:.0f} B on disk ({parts}); index "
+                   + (f"{b['index']:.0f} B (its file; about what a server holds in memory)" if b["index"]
+                      else "not built yet"))
     if i.features_kept:
         click.echo(f"features     {i.features_kept} float32 descriptors kept (the codec can be refitted)")
     click.echo(f"skipped      {_plural(len(i.skipped), 'file')}")

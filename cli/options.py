@@ -113,8 +113,18 @@ CODEC_OPTIONS = stack(
                  help="Quantizer range: minmax (the paper), quantile:0.001, or sigma:3."),
     click.option("--packing", default="bits", show_default=True, type=click.Choice(["bits", "radix"]),
                  help="bits: ceil(log2 h) bits per dimension; radix: log2(h) bits (h=3 -> 1.585)."),
+    # beyond the paper: options beside its codec, never a change to it
+    click.option("--allocation", default="uniform", show_default=True, type=click.Choice(["uniform", "variance"]),
+                 help="uniform: h levels in every dimension (the paper); variance: integer bits per dimension by "
+                      "PCA variance, --budget bytes per vector in all (q2; the index is then flat, ivf or hnsw)."),
+    click.option("--budget", type=click.IntRange(min=1), default=None,
+                 help="Bytes per vector of --allocation variance (e.g. 16 or 32)."),
+    click.option("--levels-kind", default="uniform", show_default=True, type=click.Choice(["uniform", "lloyd"]),
+                 help="uniform: levels evenly spaced in the range (the paper); lloyd: each dimension's Lloyd-Max "
+                      "levels (1-D k-means of its training values; q2, --range minmax)."),
 )
-CODEC_NAMES = ("reduction", "dims", "whiten", "quantizer", "levels", "range_", "packing")
+CODEC_NAMES = ("reduction", "dims", "whiten", "quantizer", "levels", "range_", "packing", "allocation", "budget",
+               "levels_kind")
 
 
 def asked_codec(ctx: click.Context, **values) -> dict:
@@ -131,8 +141,9 @@ def asked_codec(ctx: click.Context, **values) -> dict:
 
 INDEX_OPTIONS = stack(
     click.option("--index", "index_kind", default=None, type=click.Choice(KINDS),
-                 help="The Faiss index derived from the codes [default: the database's, else flat]. flat, ivf and "
-                      "hnsw hold the decoded vectors; fastscan and ivf-fastscan scan the codes themselves."),
+                 help="The Faiss index derived from the codes [default: the database's, else fastscan where the "
+                      "codec allows it (Q-1/Q-2, one h <= 16), else flat]. fastscan and ivf-fastscan scan the "
+                      "codes themselves; flat, ivf and hnsw hold the decoded float32 vectors."),
     click.option("--nlist", type=click.IntRange(min=1), default=None,
                  help="IVF lists [default: about 4 sqrt(n), at least 39 vectors per list]."),
     click.option("--nprobe", "index_nprobe", type=click.IntRange(min=1), default=None,

@@ -15,8 +15,7 @@ from .. import indexes
 from . import codec as codec_mod
 from .codec import CodecParams
 from .encoder_config import EncoderConfig
-from .errors import ConfigError
-from .spec import FROZEN, DatabaseSpec
+from .spec import FROZEN, DatabaseSpec, check_index
 from .store import Store
 from ..indexes.vectors import l2n
 
@@ -73,10 +72,7 @@ def build_index(params: CodecParams, config: indexes.IndexConfig, ids: np.ndarra
     """The index over the stored ``codes (n, code_size) uint8``: fast-scan kinds scan the level indices directly
     (lossless, with the codec's levels table); the others hold the decoded, L2-normalised vectors ``(n, p)``."""
     if config.kind in indexes.FASTSCAN_KINDS:
-        cfg = params.config
-        if cfg.quantizer == "none" or cfg.levels > indexes.fastscan.MAX_LEVELS:
-            raise ConfigError(f"--index {config.kind} scans quantized codes: it needs --quantizer q1/q2 with "
-                              f"--levels <= {indexes.fastscan.MAX_LEVELS}")
+        check_index(config, params.config)
         return indexes.build_fastscan(codec_mod.levels(params), codec_mod.indices(params, codes), ids, config)
     xb = codec_mod.decode(params, codes) if len(codes) else np.zeros((0, params.dims), np.float32)
     return indexes.build_index(l2n(xb), ids, config)

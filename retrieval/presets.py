@@ -25,7 +25,7 @@ class Preset:
     summary: str
     encoder: dict = field(default_factory=dict)
     codec: CodecConfig = field(default_factory=CodecConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
+    index: IndexConfig | None = None  # None: the codec's default index (`spec.default_index`)
     needs_model: bool = False
 
     def spec(self) -> DatabaseSpec:

@@ -11,6 +11,10 @@ parameters (``codec``).
 (of the preset, if one was asked, else retr's). Asking for an encoder or codec setting that contradicts what the
 database holds is an error naming both values; a database that holds no image yet pins nothing. The index is
 derived data: asking for another index kind or index parameter replaces the stored one (the index is rebuilt).
+
+The default index is decided by the codec (`default_index`): ``fastscan`` over the codes themselves wherever the
+codec allows it (Q-1/Q-2 with the same h <= 16 levels in every dimension), so a server holds the compressed codes,
+not float32 vectors; ``flat`` over the decoded vectors otherwise.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..indexes.config import IndexConfig, IndexConfigError
+from ..indexes.config import FASTSCAN_KINDS, IndexConfig, IndexConfigError
 from .codec import CodecConfig, code_size_for
 from .encoder_config import EncoderConfig
 from .errors import ConfigError
 
 SPEC_VERSION = 1
+FASTSCAN_MAX_LEVELS = 16  # one 4-bit fast-scan sub-quantizer holds at most 16 levels (indexes/fastscan.py)
 PROVISIONAL, FROZEN = "provisional", "frozen"
 DEFAULT_TRAIN_SIZE = 20000
 
@@ -38,12 +43,14 @@ class DatabaseSpec:
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
+    index: IndexConfig | None = None  # None: the codec's default (`default_index`)
     train_size: int = DEFAULT_TRAIN_SIZE
     codec_state: str = PROVISIONAL
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
+        if self.index is None:
+            object.__setattr__(self, "index", default_index(self.codec))
         if self.codec_state not in (PROVISIONAL, FROZEN):
             raise ConfigError(f"unknown codec state {self.codec_state!r}; expected {PROVISIONAL} or {FROZEN}")
         if not isinstance(self.train_size, int) or self.train_size < 1:
@@ -110,12 +117,41 @@ class SpecRequest:
                    index={} if index is None else index.to_dict(), train_size=train_size, preset=preset)
 
 
-def _defaults(preset: str | None) -> DatabaseSpec:
+def fastscan_refusal(codec: CodecConfig) -> str | None:
+    """Why the fast-scan indexes cannot scan this codec's codes, in one sentence; None when they can."""
+    if codec.quantizer == "none":
+        return "the codec stores float32 descriptors, not quantized codes (--quantizer none)"
+    if codec.allocation != "uniform":
+        return ("allocation variance gives each dimension its own number of levels; fast-scan needs the same h in "
+                "every dimension")
+    if codec.levels > FASTSCAN_MAX_LEVELS:
+        return f"--levels {codec.levels} is above the {FASTSCAN_MAX_LEVELS} levels a 4-bit fast-scan group holds"
+    return None
+
+
+def default_index(codec: CodecConfig) -> IndexConfig:
+    """The index a database gets when none is asked: ``fastscan`` over the stored codes (exact re-rank of the best
+    candidates from the codes; about code_size + 8 bytes per vector in memory) wherever the codec allows it, else
+    ``flat`` over the decoded float32 vectors (4 p bytes per vector)."""
+    return IndexConfig("flat") if fastscan_refusal(codec) else IndexConfig("fastscan")
+
+
+def check_index(index: IndexConfig, codec: CodecConfig) -> None:
+    """A ConfigError in one line when a fast-scan index is asked for codes it cannot scan."""
+    why = fastscan_refusal(codec) if index.kind in FASTSCAN_KINDS else None
+    if why:
+        raise ConfigError(f"--index {index.kind} scans the quantized codes, but {why}: use --index flat, ivf or "
+                          "hnsw")
+
+
+def _defaults(preset: str | None) -> tuple[DatabaseSpec, bool]:
+    """The defaults' spec and whether it names an index (a preset may; retr's defaults leave it to the codec)."""
     if preset is None:
-        return DatabaseSpec()
+        return DatabaseSpec(), False
     from .presets import get_preset
 
-    return get_preset(preset).spec()
+    p = get_preset(preset)
+    return p.spec(), p.index is not None
 
 
 def _needs_model(preset: str) -> bool:
@@ -161,7 +197,7 @@ def resolve(stored: DatabaseSpec | None, request: SpecRequest | None = None, *, 
     Raises ConfigError naming both values when the request contradicts the stored encoder or codec, when the
     codec is frozen and another ``train_size`` is asked, or when the result cannot store anything (h = 1)."""
     request = request or SpecRequest()
-    base = _defaults(request.preset)
+    base, base_names_index = _defaults(request.preset)
     needs_model = request.preset is not None and _needs_model(request.preset)
     if needs_model and request.model is None and (stored is None or not holds_images):
         raise ConfigError(f"preset {request.preset} describes images with a compressed model: add --model "
@@ -169,10 +205,11 @@ def resolve(stored: DatabaseSpec | None, request: SpecRequest | None = None, *, 
     asked_enc = _asked_encoder(base.encoder, request.encoder, request.model)
     asked_codec = _merge_codec(base.codec, request.codec)
     if stored is None or not holds_images:
-        index = _merge_index(base.index, request.index)
+        index = _merge_index(base.index if base_names_index else default_index(asked_codec), request.index)
         spec = DatabaseSpec(encoder=asked_enc, codec=asked_codec, index=index,
                             train_size=request.train_size or base.train_size)
         _check_storable(spec)
+        check_index(spec.index, spec.codec)
         return spec
     problems = []
     enc_keys = set(request.encoder) | ({"model", "weights_sha256"} if request.model else set())
@@ -198,6 +235,10 @@ def resolve(stored: DatabaseSpec | None, request: SpecRequest | None = None, *, 
     if refit and codec_keys:
         spec = spec.replace(codec=_merge_codec(stored.codec, {k: asked_codec.to_dict()[k] for k in codec_keys}))
         _check_storable(spec)
+        if "kind" not in request.index and fastscan_refusal(spec.codec) and spec.index.kind in FASTSCAN_KINDS:
+            # the refitted codec cannot be scanned by the index the old one had, and no index was asked
+            spec = spec.replace(index=default_index(spec.codec))
+    check_index(spec.index, spec.codec)
     return spec
 
 

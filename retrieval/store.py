@@ -532,6 +532,16 @@ class Store:
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
 
+    def page_bytes(self) -> dict[str, int]:
+        """``{sub-database: bytes of the LMDB pages it occupies}`` (branch, leaf and overflow pages times the page
+        size): what each kind of record costs on disk, B-tree overhead included; free pages are not counted."""
+        with self._reading() as txn:
+            out = {}
+            for name, db in self._dbs.items():
+                st = txn.stat(db)
+                out[name] = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
+            return out
+
 
 def _is_read_only(e: lmdb.Error) -> bool:
     """Whether an LMDB error means the files cannot be written (permissions, read-only file system)."""

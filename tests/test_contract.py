@@ -26,12 +26,33 @@ def test_resolve_takes_the_database_then_the_request_then_the_defaults():
     assert resolve(None) == DatabaseSpec()
     asked = resolve(None, SpecRequest(encoder={"backbone": "alexnet", "weights": "none"}, codec={"dims": 32}))
     assert asked.encoder.backbone == "alexnet" and asked.encoder.pooling == "gem" and asked.codec.dims == 32
-    assert asked.codec.levels == 4 and asked.index.kind == "flat" and asked.codec_state == PROVISIONAL
+    assert asked.codec.levels == 4 and asked.index.kind == "fastscan" and asked.codec_state == PROVISIONAL
     stored = asked.replace(index=IndexConfig(kind="fastscan", rerank=50))
     # nothing asked: what the database holds, index included
     assert resolve(stored, SpecRequest()) == stored
     # asking again for what it holds is no contradiction
     assert resolve(stored, SpecRequest(encoder={"weights": "none"}, codec={"dims": 32})) == stored
+
+
+def test_the_default_index_scans_the_codes_wherever_the_codec_allows():
+    # with one h <= 16: fast-scan over the codes themselves (code_size + ids in memory, not 4 p bytes)
+    assert resolve(None).index == IndexConfig(kind="fastscan")
+    assert resolve(None, SpecRequest(codec={"quantizer": "q1", "levels": 16})).index.kind == "fastscan"
+    # codes fast-scan cannot scan: the decoded vectors in a flat index
+    for codec in ({"levels": 32}, {"quantizer": "none"}, {"allocation": "variance", "budget": 16}):
+        assert resolve(None, SpecRequest(codec=codec)).index.kind == "flat", codec
+    assert resolve(None, SpecRequest(preset="paper-fc7")).index.kind == "flat"  # h = 32
+    assert resolve(None, SpecRequest(preset="default", codec={"levels": 32})).index.kind == "flat"
+    # asked parameters apply to the default kind; an asked kind wins
+    assert resolve(None, SpecRequest(index={"rerank": 50})).index == IndexConfig(kind="fastscan", rerank=50)
+    assert resolve(None, SpecRequest(index={"kind": "hnsw"})).index.kind == "hnsw"
+    # a database built before the default changed keeps its flat index
+    old = resolve(None).replace(index=IndexConfig(kind="flat"))
+    assert resolve(old, SpecRequest()).index.kind == "flat"
+    # refitting to a codec fast-scan cannot scan moves an index nobody asked for back to flat
+    assert resolve(resolve(None), SpecRequest(codec={"levels": 32}), refit=True).index.kind == "flat"
+    with pytest.raises(ConfigError, match="--index fastscan scans the quantized codes, but --levels 32 is above"):
+        resolve(None, SpecRequest(codec={"levels": 32}, index={"kind": "fastscan"}))
 
 
 def test_a_contradiction_names_both_values():

@@ -121,4 +121,38 @@ def test_fastscan_index_gives_the_flat_results(small, tmp_path, kind):
 def test_fastscan_needs_a_quantizer(small, tmp_path):
     r = run("index", small, "--db", tmp_path / "x.retr", "--backbone", "alexnet", "--weights", "none",
             "--pooling", "mac", "--quantizer", "none", "--index", "fastscan", "--device", "cpu")
-    assert r.exit_code != 0 and "needs --quantizer q1/q2" in r.output
+    assert r.exit_code != 0 and "scans the quantized codes, but the codec stores float32" in r.output
+
+
+def test_codec_options_beyond_the_paper_from_the_command_line(small, tmp_path):
+    fast = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--device", "cpu", "--freeze"]
+    db = tmp_path / "v.retr"
+    r = run("index", small, "--db", db, *fast, "--allocation", "variance", "--budget", 4)
+    assert r.exit_code == 0, r.output
+    i = engine.info(db)
+    assert i.code_size == 4 and i.codec["allocation"] == "variance" and i.codec["budget"] == 4
+    assert i.index_config["kind"] == "flat"  # one h per dimension is what fast-scan needs: not here
+    db = tmp_path / "l.retr"
+    r = run("index", small, "--db", db, *fast, "--dims", 16, "--levels-kind", "lloyd")
+    assert r.exit_code == 0, r.output
+    i = engine.info(db)
+    assert i.code_size == 4 and i.codec["levels_kind"] == "lloyd" and i.index_config["kind"] == "fastscan"
+    r = run("query", small / "f00" / "orig.png", "--db", db, "-k", 1, "--json")
+    assert json.loads(r.output)[0]["results"][0]["path"].endswith("f00/orig.png")
+    r = run("index", small, "--db", tmp_path / "x.retr", *fast, "--allocation", "variance")
+    assert r.exit_code == 1 and "needs a budget" in r.output
+
+
+def test_info_states_the_bytes_each_image_costs(small, tmp_path):
+    db = tmp_path / "b.retr"
+    fast = ["--backbone", "alexnet", "--weights", "none", "--pooling", "mac", "--device", "cpu", "--freeze"]
+    assert run("index", small, "--db", db, *fast, "--dims", 16).exit_code == 0
+    b = engine.info(db).bytes_per_image
+    assert b["code"] == 4  # 16 dims x 2 bits
+    # LMDB pages are 4 KiB and each per-image sub-database of 28 images fits one leaf page
+    assert b["lmdb"] == {name: round(4096 / 28, 1) for name in ("codes", "files", "ids")}
+    assert b["lmdb_total"] == round(3 * 4096 / 28, 1)
+    index_bytes = (db / "index.faiss").stat().st_size  # header included: a little more than Faiss's own bytes
+    assert 0 < b["index"] * 28 <= index_bytes
+    out = run("info", "--db", db).output
+    assert "per image    code 4 B; LMDB 439 B on disk (codes 146, files 146, ids 146); index" in out
