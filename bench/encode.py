@@ -24,8 +24,10 @@ Modes, every one measured in the same process on the same photos, in images per 
 - ``decode + preprocess``: `images.iter_decoded` with the engine's arguments (`--workers` threads, the
   engine's JPEG draft size, `Encoder.preprocess`, file hashing), no forward: what the readers supply alone.
 
-The index modes also report the engine's per-stage timings (seconds, `IndexReport.timings`) and ``decode wait``
-= encode - forward - store: the time the forward pass waited for decoded images. ``cpu s/img`` is the process CPU
+The index modes also report the engine's per-stage timings (seconds, `IndexReport.timings`): the forward pass, the
+writer thread's busy time (codec + LMDB commit, which overlap the next forward) and idle time, ``writer_wait`` (the
+forward side waiting for the writer) and ``decode wait`` = encode - forward - writer_wait (the forward pass waiting
+for decoded images). ``cpu s/img`` is the process CPU
 time (all threads) per image: with every core busy, the end-to-end rate cannot exceed ``forward cpu / (forward cpu
 + decode cpu)`` of the bare forward pass (the "CPU ceiling" printed), however well decoding overlaps the forward.
 
@@ -171,12 +173,15 @@ def decode_rate(enc: Encoder, paths: list[Path], workers: int, batch: int) -> di
 
 def index_rate(folder: Path, db: Path, n: int, **kw) -> dict:
     """``engine.index_folder(folder, db, progress=False, **kw)``: img/s over the call's total wall time, plus
-    the per-stage timings of its IndexReport (seconds; ``decode wait`` = encode - forward - store, the time the
-    forward pass waited for decoded images)."""
+    the per-stage timings of its IndexReport (seconds): ``forward``; the writer thread's busy time ``store`` =
+    ``codec`` + ``commit``, and ``writer idle`` = encode - store (it waited for batches); ``writer_wait``, the time
+    the forward side waited for the writer (a full queue, the last commits); ``decode wait`` = encode - forward -
+    writer_wait, the time the forward pass waited for decoded images."""
     reports = []
     r = rate(n, timed(lambda: reports.append(engine.index_folder(folder, db, progress=False, **kw))))
     t = dict(reports[0].timings)
-    t["decode wait"] = t["encode"] - t["forward"] - t["store"]
+    t["decode wait"] = t["encode"] - t["forward"] - t.get("writer_wait", 0.0)
+    t["writer idle"] = t["encode"] - t["store"]
     if reports[0].added != n:
         raise RuntimeError(f"indexed {reports[0].added} of {n} photos (skipped: {reports[0].skipped})")
     return r | {"timings_s": t, "streaming_img_s": n / t["encode"]}

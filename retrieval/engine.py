@@ -26,6 +26,8 @@ import contextlib
 import hashlib
 import itertools
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,11 +123,28 @@ class DatabaseInfo:
     root: str
     disk_bytes: int
     index: dict | None
+    bytes_per_image: dict | None = None
+
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["db"] = str(self.db)
         return d
+
+
+def bytes_per_image(count: int, code_size: int, pages: dict[str, int], index: dict | None) -> dict | None:
+    """What one image costs, in bytes (None for an empty database): ``code`` (the codec's output), ``lmdb`` (pages
+    of each per-image LMDB sub-database divided by the images: records, keys and B-tree overhead; 4 KiB pages, so
+    meaningful from a few hundred images on), ``lmdb_total``, and
+    ``index`` (the saved index file per vector it holds, about what a server keeps in memory: fast-scan codes + ids,
+    or float32 vectors for flat / ivf / hnsw; None before it is built)."""
+    if not count:
+        return None
+    # meta (settings, the fitted codec) and skipped-file records are not per image: left out
+    pages = {name: b for name, b in pages.items() if name not in ("meta", "skipped")}
+    lmdb = {name: round(b / count, 1) for name, b in pages.items() if b}
+    return {"code": code_size, "lmdb": lmdb, "lmdb_total": round(sum(pages.values()) / count, 1),
+            "index": round(index["bytes"] / index["ntotal"], 1) if index and index.get("ntotal") else None}
 
 
 def codec_note(spec: DatabaseSpec | None, params: CodecParams | None, count: int) -> str | None:
@@ -326,30 +345,104 @@ def _describe_into(store: Store, batches, params: CodecParams | None, todo, keep
                    timings: dict) -> dict[str, SkipRecord]:
     """Store each `describe.Described` batch of ``todo`` (from the one pipeline, here or on Ray) in one transaction:
     codes with a frozen codec, descriptors when they are kept (or the codec is still to be fitted). Returns the files
-    skipped."""
+    skipped.
+
+    The codec and the LMDB transaction run on a writer thread fed through a bounded queue (`_Writer`), so the
+    forward pass of the next batch never waits for a commit; batches are committed in order, one transaction each,
+    as before. ``timings`` gets ``encode`` (the loop's wall time), ``store`` (the writer's busy seconds: ``codec``
+    + ``commit``) and ``writer_wait`` (seconds the forward side waited for a full queue or the last commits)."""
     skipped: dict[str, SkipRecord] = {}
-    t_store = 0.0
     t0 = time.perf_counter()
-    for b in batches:
-        for i, reason in b.skipped:
-            st = todo[i][2]
-            skipped[todo[i][1]] = SkipRecord(reason, st.st_size, st.st_mtime_ns)
-        if not b.index:
-            continue
+
+    def write(b) -> None:
         t = time.perf_counter()
         # size, time and hash of the bytes actually described, not of the earlier stat
         recs = [FileRecord(todo[i][1], st.size, st.mtime_ns, st.blake2b) for i, st in zip(b.index, b.stamps)]
         codes = codec_mod.encode(params, b.x) if params is not None else None
         feats = b.x if (params is None or keep_features) else None
         replaced = [todo[i][3] for i in b.index if todo[i][3] is not None]
+        t1 = time.perf_counter()
         store.add(recs, codes=codes, features=feats, replace_ids=replaced)
-        t_store += time.perf_counter() - t
-    timings.update(encode=time.perf_counter() - t0, store=t_store)
+        timings["codec"] = timings.get("codec", 0.0) + t1 - t
+        timings["commit"] = timings.get("commit", 0.0) + time.perf_counter() - t1
+
+    with _Writer(write, depth=_WRITE_AHEAD) as writer:
+        for b in batches:
+            for i, reason in b.skipped:
+                st = todo[i][2]
+                skipped[todo[i][1]] = SkipRecord(reason, st.st_size, st.st_mtime_ns)
+            if b.index:
+                writer.put(b)
+        writer.drain()
+    timings.update(encode=time.perf_counter() - t0, store=timings.get("codec", 0.0) + timings.get("commit", 0.0),
+                   writer_wait=writer.waited)
     # a changed file that no longer decodes must not keep its old code
     stale = [t[3] for t in todo if t[3] is not None and t[1] in skipped]
     if stale:
         store.delete(stale)
     return skipped
+
+
+_WRITE_AHEAD = 2  # batches queued for the writer: enough to absorb one slow commit, few descriptors held
+
+
+class _Writer:
+    """Run ``write(item)`` for each item on one thread of its own, in order, at most ``depth`` items queued.
+
+    ``put`` blocks while the queue is full (``waited`` counts those seconds and those of ``drain``); the first
+    error of ``write`` is raised again by the next ``put`` or by ``drain``, and nothing after it is written.
+    Leaving the context without ``drain`` (an error on the reading side) stops after the item being written."""
+
+    def __init__(self, write, depth: int):
+        self._write = write
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._stop = False
+        self.waited = 0.0
+        self._thread = threading.Thread(target=self._run, name="retr-writer", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is _DONE or self._stop:
+                    return
+                if self._error is None:
+                    self._write(item)
+            except BaseException as e:  # handed to the reading side, which raises it
+                self._error = e
+            finally:
+                self._q.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item) -> None:
+        self._raise()
+        t = time.perf_counter()
+        self._q.put(item)
+        self.waited += time.perf_counter() - t
+
+    def drain(self) -> None:
+        t = time.perf_counter()
+        self._q.put(_DONE)
+        self._thread.join()
+        self.waited += time.perf_counter() - t
+        self._raise()
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            self._stop = True
+            self._q.put(_DONE)
+            self._thread.join()
+
+
+_DONE = object()
 
 
 def _ids_digest(ids: list[int]) -> str:
@@ -565,9 +658,11 @@ def info(db: str | os.PathLike, store: Store | None = None) -> DatabaseInfo:
         params = read_params(store)
         count = store.count("codes")
         d = spec.encoder.dim if spec else 0
+        header = indexes.read_header(Path(db) / INDEX_FILE)
+        code_size = params.code_size if params else 0
         return DatabaseInfo(
             db=Path(db), format_version=int(store.get_meta("format_version")), count=count,
-            code_size=params.code_size if params else 0, descriptor_dim=d,
+            code_size=code_size, descriptor_dim=d,
             compression=params.compression if params else 0.0,
             encoder=spec.encoder.to_dict() if spec else {}, codec=params.config.to_dict() if params else {},
             codec_label=params.label() if params else None,
@@ -575,6 +670,6 @@ def info(db: str | os.PathLike, store: Store | None = None) -> DatabaseInfo:
             codec_note=codec_note(spec, params, count), train_size=spec.train_size if spec else None,
             index_config=spec.index.to_dict() if spec else None,
             skipped=store.skipped(), features_kept=store.count("features"),
-            root=os.fsdecode(store.get_meta("root") or b""), disk_bytes=store.disk_bytes(),
-            index=indexes.read_header(Path(db) / INDEX_FILE))
+            root=os.fsdecode(store.get_meta("root") or b""), disk_bytes=store.disk_bytes(), index=header,
+            bytes_per_image=bytes_per_image(count, code_size, store.page_bytes(), header))
 
