@@ -101,6 +101,24 @@ def test_expanded_rankings_of_the_identity_are_those_of_the_functions():
         np.testing.assert_array_equal(got[m], want[m])
 
 
+def test_eval_ranks_as_retr_query_expand_on_a_small_database():
+    """Below DBA's shortlist (100) and the diffusion's truncation (1,000), `retr query --expand`'s re-ranking
+    (`expansion.expanded_search` over an exact search) orders the whole database as the eval does."""
+    rng = np.random.default_rng(3)
+    x, _ = clustered(rng, 8, 7, 12, 0.7)
+    xdb, xq = stress.l2_normalize(x[:50]), stress.l2_normalize(x[50:] + 0.3 * rng.standard_normal((6, 12)))
+
+    def search(xs, k):
+        s = xs @ xdb.T
+        I = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(s, I, 1), I
+
+    got = eval_run.expanded_rankings(xdb, xq, METHODS)
+    for m in METHODS:
+        _, I = expansion.expanded_search(xq, len(xdb), m, search, lambda ids: xdb[ids])
+        np.testing.assert_array_equal(got[m], I.T, err_msg=m)
+
+
 def fake_features(enc, paths, bboxes=None, *args, **kw):
     """Descriptors without a network: neardup names its database images <i>_<name> and its queries
     <i>_<j>_<edit>; each query is its photo's vector plus noise, so expansions have something to rank."""
