@@ -366,7 +366,11 @@ def _describe_into(store: Store, batches, params: CodecParams | None, todo, keep
         timings["codec"] = timings.get("codec", 0.0) + t1 - t
         timings["commit"] = timings.get("commit", 0.0) + time.perf_counter() - t1
 
-    with _Writer(write, depth=_WRITE_AHEAD) as writer:
+    from threadpoolctl import threadpool_limits
+
+    # NumPy's BLAS (the codec's PCA projection of a batch) on one thread: a pool of two would spin after each small
+    # product on the cores the forward pass is using; torch's own threads are not limited
+    with threadpool_limits(1, user_api="blas"), _Writer(write, depth=_WRITE_AHEAD) as writer:
         for b in batches:
             for i, reason in b.skipped:
                 st = todo[i][2]

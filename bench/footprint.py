@@ -1,0 +1,93 @@
+"""What one image costs in a database, in bytes, for each index kind: on disk (LMDB records, index file) and in memory.
+
+    python -m bench.footprint                         # 1,200 photos, retr's default settings, every index kind
+    python -m bench.footprint --n 400 --backbone alexnet --weights none
+
+Data: `--n` JPEG photos of 500x375 made as bench/encode.py makes them (seeded crops of scikit-image's bundled
+photographs), in folders named like a user's (``photos/000123.jpg``). One `retr index` run with the given encoder
+and retr's default codec (PCA 256, Q-2 h = 4: 64-byte codes), `--freeze` so the codec is final and the float32
+descriptors are dropped, as in a collection past `--train-size`; then, per index kind, the index is rebuilt
+(`retr index --index KIND` on the same database: only the derived index changes).
+
+Per kind (`engine.info(db).bytes_per_image`, the figures `retr info` prints): the code; the LMDB pages of each
+per-image sub-database divided by the images (codes, file records, path -> id); the index file per vector; and
+the process's resident memory growth when an `Engine` loads the database and answers one query vector (``rss``,
+from /proc/self/statm: the index plus what Faiss and NumPy allocate beside it, the encoder not loaded; noisy at this
+size, meaningful at scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench import common
+from bench.encode import make_photos
+from retr.retrieval import engine
+from retr.retrieval.encoder import EncoderConfig
+from retr.indexes import IndexConfig
+
+RESULTS = Path(__file__).parent / "results" / "footprint.json"
+KINDS = ("fastscan", "ivf-fastscan", "flat", "ivf", "hnsw")
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (/proc/self/statm), 0 where there is none."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    enc = EncoderConfig.create(args.backbone, weights=args.weights)
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        folder = Path(tmp) / "photos"
+        make_photos(folder, args.n, (500, 375), args.seed)
+        db = Path(tmp) / "photos.retr"
+        engine.index_folder(folder, db, enc, freeze=True, device="cpu", progress=False)
+        for kind in KINDS:
+            cfg = IndexConfig(kind, nlist=args.nlist if "ivf" in kind else None)
+            engine.index_folder(folder, db, index=cfg, device="cpu", progress=False)
+            info = engine.info(db)
+            before = rss_bytes()
+            eng = engine.Engine(db, device="cpu")
+            # a descriptor, not an image: the encoder (its weights) is not loaded, so the growth is the index's
+            eng.search_vectors(np.random.default_rng(0).random((1, info.descriptor_dim), np.float32), k=10)
+            grown = rss_bytes() - before
+            del eng
+            b = info.bytes_per_image
+            rows.append({"index": IndexConfig.from_dict(info.index_config).describe(), "kind": kind,
+                         "images": info.count, "code": b["code"], "lmdb": b["lmdb"], "lmdb_total": b["lmdb_total"],
+                         "index_file": b["index"], "rss_growth_per_image": round(grown / info.count, 1),
+                         "disk_total_per_image": round(info.disk_bytes / info.count, 1)})
+            print(f"  {rows[-1]['index']:34} code {b['code']} B, LMDB {b['lmdb_total']:.0f} B {b['lmdb']}, "
+                  f"index file {b['index']:.0f} B, RSS +{grown / info.count:.0f} B per image", flush=True)
+    return {"command": common.command("footprint", args.argv), "n": args.n, "encoder": enc.to_dict(),
+            "codec": info.codec, "code_size": info.code_size, "rows": rows,
+            "machine": f"{platform.machine()}, {common.cpu_model()}",
+            "note": "LMDB figures are whole 4 KiB pages per sub-database divided by the images; data.mdb on disk is "
+                    "larger (free pages, the map's growth): see disk_total_per_image"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1200, help="photos indexed")
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--weights", default="imagenet")
+    ap.add_argument("--nlist", type=int, default=None, help="IVF lists (default: the engine's, from n)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tmp", default=None, help="folder for the photos and the database (default: the system's)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
+    return common.main(ap, run, argv)
+
+
+if __name__ == "__main__":
+    main()
