@@ -22,6 +22,7 @@ idx (n, p) uint8 level indices, xq (m, p) float32 queries, D (m, k) scores, I (m
 
 from __future__ import annotations
 
+import ctypes
 import functools
 
 import faiss
@@ -111,10 +112,12 @@ def _set_centroids(index: faiss.Index, cents: np.ndarray) -> None:
 
 
 @functools.lru_cache
-def _lanes(bbs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Where Faiss's fast-scan layout keeps 4-bit codes: for lane v (vector v % bbs of a block) and sub-quantizer
-    parity s, byte (bbs, 2) int64 within the bbs bytes of a sub-quantizer pair and shift (bbs, 2) uint8 (0 or 4).
-    Read off Faiss's own CodePacker, one probe per slot."""
+def _lanes(bbs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where Faiss's fast-scan layout keeps 4-bit codes, read off Faiss's own CodePacker (one probe per slot).
+
+    Within a block of bbs vectors, code m of lane v (vector v % bbs) lies in byte lane_byte[v] + m * step, at bit
+    shift[v] (0 or 4): (bbs,) int64, an int (bbs / 2) and (bbs,) uint8. Faiss's pq4 packing is laid out like this
+    (a vector's codes at a constant stride, one shift per vector); anything else is refused."""
     packer = faiss.IndexPQFastScan(2, 2, 4, faiss.METRIC_INNER_PRODUCT, bbs).get_CodePacker()
     byte, shift = np.zeros((bbs, 2), np.int64), np.zeros((bbs, 2), np.uint8)
     for v in range(bbs):
@@ -123,7 +126,24 @@ def _lanes(bbs: int) -> tuple[np.ndarray, np.ndarray]:
             packer.pack_1(np.array([0xF << (4 * s)], np.uint8), v, block)
             (at,) = np.flatnonzero(block)
             byte[v, s], shift[v, s] = at, 0 if block[0, at] == 0x0F else 4
-    return byte, shift
+    # one more probe: sub-quantizer 2 of lane 0 must lie 2 steps after sub-quantizer 0
+    packer4 = faiss.IndexPQFastScan(4, 4, 4, faiss.METRIC_INNER_PRODUCT, bbs).get_CodePacker()
+    block = np.zeros((1, packer4.block_size), np.uint8)
+    packer4.pack_1(np.array([0x00, 0x0F], np.uint8), 0, block)
+    step = int(byte[0, 1] - byte[0, 0])
+    if ((byte[:, 1] - byte[:, 0] != step).any() or (shift[:, 1] != shift[:, 0]).any()
+            or np.flatnonzero(block).tolist() != [byte[0, 0] + 2 * step]):
+        raise RuntimeError(f"unexpected Faiss fast-scan code layout (bbs {bbs}): this Faiss is not supported")
+    return byte[:, 0], step, shift[:, 0]
+
+
+def _span(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """One uint8 view over the address range holding every array (Faiss-owned buffers, none copied) and each
+    array's offset in it (int64): the inverted lists read as one array, so one gather reads candidates of many
+    lists. Only the arrays' own bytes are ever read through the view."""
+    at = np.array([a.ctypes.data for a in arrays], np.int64)
+    base, end = int(at.min()), int(max(a.ctypes.data + a.nbytes for a in arrays))
+    return np.frombuffer((ctypes.c_uint8 * (end - base)).from_address(base), np.uint8), at - base
 
 
 class FastScanIndex:
@@ -139,7 +159,8 @@ class FastScanIndex:
     Candidates are re-ranked from their 4-bit codes read straight out of the fast-scan blocks (views, no copy):
     with look-up tables T = centroids . q (M, 16) and squared centroid norms N (M, 16), a vector with codes c has
     q . x = sum_m T[m, c_m] and |x|^2 = sum_m N[m, c_m], so its cosine costs 2 M look-ups, far less than Faiss's
-    one-vector-at-a-time reconstruct.
+    one-vector-at-a-time reconstruct. A served query spends most of its time outside Faiss in numpy calls, so the
+    re-rank is a fixed, short sequence of whole-array operations (no loop over lists or sub-quantizers).
     """
 
     def __init__(self, index: faiss.Index, rerank: int, p: int):
@@ -150,12 +171,10 @@ class FastScanIndex:
         self.ivf = isinstance(inner, faiss.IndexIVFFastScan)
         self._n, self._M, self._bbs = n, M, bbs = int(index.ntotal), int(inner.M), int(inner.bbs)
         self.centroids = faiss.vector_to_array(inner.pq.centroids).reshape(M, KSUB, inner.d // M)
-        self._norm2 = (self.centroids.astype(np.float64) ** 2).sum(axis=2).ravel()  # (M * 16,)
+        self._cent_t = np.ascontiguousarray(self.centroids.transpose(2, 0, 1))  # (g, M, 16): one table per t < g
+        self._norm2 = (self.centroids ** 2).sum(axis=2).ravel()  # (M * 16,) float32
         self._moff = np.arange(M) * KSUB  # where sub-quantizer m's 16 entries start in a flattened table
-        byte, shift = _lanes(bbs)
-        parity = np.arange(M) % 2
-        self._byte = byte[:, parity] + (np.arange(M) // 2) * bbs  # (bbs, M): byte of code m within a block
-        self._shift = shift[:, parity]
+        self._lane_byte, step, self._shift = _lanes(bbs)
         self._block = bbs * inner.M2 // 2  # bytes per block of bbs vectors
         self._params: dict[int, faiss.SearchParametersIVF] = {}
         # views of Faiss-owned memory (no copy), valid while the index is not modified
@@ -164,12 +183,21 @@ class FastScanIndex:
             # read_index leaves IndexIVFPQFastScan.fine_quantizer unset (Faiss 1.15.1); Faiss's decoding needs it
             inner.fine_quantizer = inner.pq
             self._where = faiss.rev_swig_ptr(inner.direct_map.array.data(), n) if n else np.zeros(0, np.int64)
-            invl, self._lists = inner.invlists, []
+            invl, lists = inner.invlists, []
             for l in range(inner.nlist):
                 size = -(-invl.list_size(l) // bbs) * self._block
-                self._lists.append(faiss.rev_swig_ptr(invl.get_codes(l), size) if size else np.zeros(0, np.uint8))
+                lists.append(faiss.rev_swig_ptr(invl.get_codes(l), size) if size else None)
+            full = [a for a in lists if a is not None]
+            self._codes, starts = _span(full) if full else (np.zeros(0, np.uint8), np.zeros(0, np.int64))
+            self._list_at = np.zeros(len(lists), np.int64)  # offset of each list's blocks in self._codes
+            self._list_at[[a is not None for a in lists]] = starts
         else:
             self._codes = faiss.rev_swig_ptr(inner.codes.get(), inner.codes.size()) if n else np.zeros(0, np.uint8)
+        # row r of this view is the M bytes from byte r at the codes' stride: a vector's codes are one row, so a
+        # fancy index by first bytes gathers them without an (n, M) index array (never np.take it: that copies)
+        rows = max(0, len(self._codes) - step * (M - 1))
+        self._code_rows = np.lib.stride_tricks.as_strided(self._codes, shape=(rows, M), strides=(1, step),
+                                                          writeable=False)
 
     @property
     def ntotal(self) -> int:
@@ -192,36 +220,45 @@ class FastScanIndex:
         """4-bit codes (len(positions), M) uint8 of the vectors at these positions (0 <= position < n)."""
         positions = np.asarray(positions, np.int64)
         if self.ivf:
-            where = self._where[positions]  # list number << 32 | offset in the list
-            lists, v = where >> 32, where & 0xFFFFFFFF
+            where = self._where.take(positions)  # list number << 32 | offset in the list
+            v = where & 0xFFFFFFFF
+            start = self._list_at.take(where >> 32)
         else:
-            v = positions
+            v, start = positions, 0
         lane = v % self._bbs
-        at = (v // self._bbs * self._block)[:, None] + self._byte.take(lane, axis=0)  # (len, M) bytes in the blocks
-        if self.ivf and len(lists) and lists.min() == lists.max():  # the common case in serving: one list
-            raw = self._lists[lists[0]].take(at)
-        elif self.ivf:
-            raw = np.empty(at.shape, np.uint8)
-            order = np.argsort(lists, kind="stable")
-            for run in np.split(order, np.flatnonzero(np.diff(lists[order])) + 1) if len(order) else []:
-                raw[run] = self._lists[lists[run[0]]].take(at[run])
-        else:
-            raw = self._codes.take(at)
-        return (raw >> self._shift.take(lane, axis=0)) & 15
+        start = start + v // self._bbs * self._block + self._lane_byte.take(lane)  # (len,) first code's byte
+        raw = self._code_rows[start]
+        raw >>= self._shift.take(lane)[:, None]
+        raw &= 15
+        return raw
 
     def reconstruct(self, positions: np.ndarray) -> np.ndarray:
         """Decoded, un-normalised vectors (len(positions), p) float32 at these positions: the codec's decoding."""
         c = self.codes4(positions)
         return self.centroids[np.arange(self._M), c].reshape(len(c), -1)[:, : self.p]
 
+    def _luts(self, q: np.ndarray) -> np.ndarray:
+        """Look-up tables (m, M * 16) float32 of padded queries q (m, d): entry m * 16 + c is centroid c of
+        sub-quantizer m dotted with the query's g dimensions of that group."""
+        qg = q.reshape(len(q), self._M, -1)
+        T = qg[:, :, 0, None] * self._cent_t[0]
+        for t in range(1, qg.shape[2]):
+            T += qg[:, :, t, None] * self._cent_t[t]
+        return T.reshape(len(q), -1)
+
     def _scores(self, q: np.ndarray, P: np.ndarray) -> np.ndarray:
         """Cosines (m, kc) float32 of padded queries q (m, d) with the vectors at positions P (m, kc) (all >= 0)."""
         m, kc = P.shape
-        T = np.einsum("Mkg,mMg->mMk", self.centroids, q.reshape(m, self._M, -1))  # (m, M, 16) look-up tables
-        at = self.codes4(P.ravel()).reshape(m, kc, self._M) + self._moff  # entries in a flattened (M, 16) table
-        dots = T.take(at + (np.arange(m) * T[0].size)[:, None, None]).sum(axis=2)
-        norms = np.sqrt(self._norm2.take(at).sum(axis=2))
-        return (dots / np.maximum(norms, 1e-12)).astype(np.float32)
+        # q.x and |x|^2 in one gather: the real part of the table is the query's look-ups, the imaginary part the
+        # squared centroid norms
+        TN = np.empty((m, self._M * KSUB), np.complex64)
+        TN.real = self._luts(q)
+        TN.imag = self._norm2
+        at = np.add(self.codes4(P.ravel()), self._moff, dtype=np.intp)  # (m * kc, M) entries of an (M, 16) table
+        if m > 1:
+            at += np.repeat(np.arange(m) * TN.shape[1], kc)[:, None]  # query i's table starts at row i
+        s = TN.take(at).sum(axis=1)
+        return (s.real / np.sqrt(np.maximum(s.imag, 1e-24))).astype(np.float32).reshape(m, kc)
 
     def to_gpu(self) -> faiss.Index:
         """GPUs have no 4-bit fast-scan: an exact flat index (``IndexIDMap`` over ``IndexFlatIP``, moved to all GPUs)
@@ -240,30 +277,44 @@ class FastScanIndex:
         if xq.ndim != 2 or xq.shape[1] != self.p:
             raise ValueError(f"queries must be (m, {self.p}), got {xq.shape}")
         m = len(xq)
-        xq = _pad(xq, int(self.index.d))
-        D = np.full((m, k), -np.inf, np.float32)
-        I = np.full((m, k), -1, np.int64)
-        if self._n == 0 or m == 0:
-            return D, I
+        d = int(self.inner.d)
+        xq = _pad(xq, d) if d != self.p else np.ascontiguousarray(xq)
         kc = min(max(k, self.rerank), self._n)
+        if kc == 0 or m == 0:
+            return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
         params = None
         if nprobe is not None and self.ivf:
-            params = self._params.setdefault(nprobe, faiss.SearchParametersIVF(nprobe=int(nprobe)))
+            params = self._params.get(nprobe) or self._params.setdefault(
+                nprobe, faiss.SearchParametersIVF(nprobe=int(nprobe)))
+        if m <= _QCHUNK:  # serving: one chunk, no copies into the output
+            return self._search_chunk(xq, k, kc, params)
+        D = np.empty((m, k), np.float32)
+        I = np.empty((m, k), np.int64)
         for q0 in range(0, m, _QCHUNK):
-            q = xq[q0 : q0 + _QCHUNK]
-            _, P = self.inner.search(q, kc, params=params)
-            blind = P[:, 0] < 0
-            if blind.any():
-                # a query whose look-up tables are constant (a zero query, h = 1) makes Faiss's 8-bit table
-                # quantization divide by zero and return nothing: rank those exactly over every vector instead
-                P[blind] = self._exact(q[blind], kc)
-            s = self._scores(q, np.maximum(P, 0))
+            D[q0 : q0 + _QCHUNK], I[q0 : q0 + _QCHUNK] = self._search_chunk(xq[q0 : q0 + _QCHUNK], k, kc, params)
+        return D, I
+
+    def _search_chunk(self, q: np.ndarray, k: int, kc: int, params) -> tuple[np.ndarray, np.ndarray]:
+        """`search` of padded queries q (m, d): kc candidates from Faiss, re-ranked; (m, k) scores and ids."""
+        _, P = self.inner.search(q, kc, params=params)
+        blind = P[:, 0] < 0
+        if blind.any():
+            # a query whose look-up tables are constant (a zero query, h = 1) makes Faiss's 8-bit table
+            # quantization divide by zero and return nothing: rank those exactly over every vector instead
+            P[blind] = self._exact(q[blind], kc)
+        short = (P[:, -1] < 0).any()  # Faiss fills missing results (-1) at the end: fewer than kc found
+        s = self._scores(q, np.maximum(P, 0) if short else P)
+        if short:
             s[P < 0] = -np.inf
-            order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            rows = np.arange(len(q))[:, None]
-            pos = P[rows, order]
-            D[q0 : q0 + len(q), : order.shape[1]] = s[rows, order]
-            I[q0 : q0 + len(q), : order.shape[1]] = np.where(pos >= 0, self._ids[pos], -1)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        rows = np.arange(len(q))[:, None]
+        pos = P[rows, order]
+        D, I = s[rows, order], self._ids.take(pos)
+        if short:
+            I[pos < 0] = -1
+        if order.shape[1] < k:  # k > n: pad as Faiss does
+            D = np.hstack([D, np.full((len(q), k - order.shape[1]), -np.inf, np.float32)])
+            I = np.hstack([I, np.full((len(q), k - order.shape[1]), -1, np.int64)])
         return D, I
 
     def _exact(self, q: np.ndarray, k: int) -> np.ndarray:
