@@ -842,13 +842,17 @@ def _plot_expansion(result: GridResult, title: str, path: Path) -> Path:
             for i, exp in enumerate(exps):
                 ps = sorted(result.aggregate(exp), key=lambda p: p.bytes_per_vector)
                 ax.plot([p.bytes_per_vector for p in ps], [p.scores.get(name, math.nan) for p in ps], marker=".",
-                        color=color, linestyle=("-", "--", ":", "-.")[i % 4],
+                        color=color, linestyle=("-", "--", ":", "-.")[i % 4], linewidth=3 if variant is None else 1.5,
                         label=f"{label}, {experiment_label(exp)}" if len(exps) > 1 else label)
             ident = [p for p in result.points if p.experiment == "identity"]
             if ident:
                 ax.plot([ident[0].bytes_per_vector], [ident[0].scores.get(name, math.nan)], marker="*",
                         markersize=10, color=color, linestyle="none")
         ax.set_xscale("log")
+        sizes = sorted({p.bytes_per_vector for p in result.points})
+        if len(sizes) <= 12:  # the levels' sizes as ticks, rather than log ticks' overlapping 2x10^2, 3x10^2...
+            ax.set_xticks(sizes, [f"{b:g}" for b in sizes], minor=False)
+            ax.xaxis.set_minor_formatter("")
         ax.set_xlabel("bytes per vector (log scale; stars: the original float32)")
         ax.set_ylabel(metric_column(m))
         ax.grid(alpha=0.3, which="both")
