@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 FASTSCAN_KINDS = ("fastscan", "ivf-fastscan")
 KINDS = ("flat", "ivf", "hnsw") + FASTSCAN_KINDS
+COARSE = ("flat", "hnsw")
 
 
 class IndexConfigError(ValueError):
@@ -21,6 +22,9 @@ class IndexConfig:
           decoded vectors; or, over the level indices themselves (Faiss 4-bit fast-scan, see fastscan.py),
           ``fastscan`` (exhaustive) and ``ivf-fastscan`` (inverted lists), whose best ``rerank`` candidates per query
           are re-ranked exactly on the normalised decoded vectors.
+    coarse: how ivf-fastscan finds a query's nearest lists: ``flat`` (exact, over all nlist centroids) or ``hnsw``
+          (a graph over the centroids: a few dozen distances instead of nlist; database vectors are still assigned
+          exactly). Left out of `to_dict` when ``flat``, so configurations written before it existed stay equal.
     """
 
     kind: str = "flat"
@@ -28,6 +32,7 @@ class IndexConfig:
     nprobe: int | None = None
     hnsw_m: int = 32
     rerank: int = 100
+    coarse: str = "flat"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -36,15 +41,24 @@ class IndexConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise IndexConfigError(f"index option {name} must be >= 1, got {v}")
+        if self.coarse not in COARSE:
+            raise IndexConfigError(f"unknown coarse quantizer '{self.coarse}'; choose one of {', '.join(COARSE)}")
+        if self.coarse != "flat" and self.kind != "ivf-fastscan":
+            raise IndexConfigError(f"coarse={self.coarse} applies to index kind ivf-fastscan only, not {self.kind}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["coarse"] == "flat":  # the default before the option existed: saved headers compare equal
+            del d["coarse"]
+        return d
 
     def describe(self) -> str:
         """The kind and the parameters that apply to it, e.g. ``ivf (nlist auto, nprobe 8)``."""
         used = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("hnsw_m",), "fastscan": ("rerank",),
                 "ivf-fastscan": ("nlist", "nprobe", "rerank")}[self.kind]
         parts = [f"{k} {'auto' if getattr(self, k) is None else getattr(self, k)}" for k in used]
+        if self.coarse != "flat":
+            parts.append(f"coarse {self.coarse}")
         return self.kind + (f" ({', '.join(parts)})" if parts else "")
 
     @classmethod

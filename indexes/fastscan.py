@@ -277,8 +277,7 @@ class FastScanIndex:
         if xq.ndim != 2 or xq.shape[1] != self.p:
             raise ValueError(f"queries must be (m, {self.p}), got {xq.shape}")
         m = len(xq)
-        d = int(self.inner.d)
-        xq = _pad(xq, d) if d != self.p else np.ascontiguousarray(xq)
+        xq = self.padded(xq)
         kc = min(max(k, self.rerank), self._n)
         if kc == 0 or m == 0:
             return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
@@ -294,14 +293,29 @@ class FastScanIndex:
             D[q0 : q0 + _QCHUNK], I[q0 : q0 + _QCHUNK] = self._search_chunk(xq[q0 : q0 + _QCHUNK], k, kc, params)
         return D, I
 
+    def padded(self, xq: np.ndarray) -> np.ndarray:
+        """Queries (m, p) -> (m, d) contiguous float32, zeros in the padded dimensions: what `scan` and `rank` take."""
+        d = int(self.inner.d)
+        return _pad(xq, d) if d != xq.shape[1] else np.ascontiguousarray(xq, np.float32)
+
     def _search_chunk(self, q: np.ndarray, k: int, kc: int, params) -> tuple[np.ndarray, np.ndarray]:
         """`search` of padded queries q (m, d): kc candidates from Faiss, re-ranked; (m, k) scores and ids."""
+        return self.rank(q, self.scan(q, kc, params), k)
+
+    def scan(self, q: np.ndarray, kc: int, params: faiss.SearchParameters | None = None) -> np.ndarray:
+        """Candidate positions (m, kc) int64 of padded queries q (m, d) float32 from the fast-scan (Faiss), -1 at
+        the end of a row where fewer were found; ``params``: Faiss's search parameters (nprobe)."""
         _, P = self.inner.search(q, kc, params=params)
         blind = P[:, 0] < 0
         if blind.any():
             # a query whose look-up tables are constant (a zero query, h = 1) makes Faiss's 8-bit table
             # quantization divide by zero and return nothing: rank those exactly over every vector instead
             P[blind] = self._exact(q[blind], kc)
+        return P
+
+    def rank(self, q: np.ndarray, P: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact re-rank: the best k of candidate positions P (m, kc) (-1: none) by cosine with padded queries
+        q (m, d); scores D (m, k) float32 descending and ids I (m, k) int64 (-inf / -1 where fewer than k)."""
         short = (P[:, -1] < 0).any()  # Faiss fills missing results (-1) at the end: fewer than kc found
         s = self._scores(q, np.maximum(P, 0) if short else P)
         if short:
@@ -336,11 +350,25 @@ def default_fastscan_nprobe(nlist: int) -> int:
     return int(min(nlist, max(8, round(nlist / 100))))
 
 
+HNSW_COARSE_M = 32  # links per centroid of an hnsw coarse quantizer
+HNSW_COARSE_EF = 64  # its efSearch (Faiss searches with max(efSearch, nprobe))
+
+
+def hnsw_coarse(centroids: np.ndarray) -> faiss.IndexHNSWFlat:
+    """An HNSW graph over the IVF centroids (nlist, d) float32, inner product: ivf-fastscan's ``coarse="hnsw"``."""
+    q = faiss.IndexHNSWFlat(centroids.shape[1], HNSW_COARSE_M, faiss.METRIC_INNER_PRODUCT)
+    q.hnsw.efConstruction = 80
+    q.hnsw.efSearch = HNSW_COARSE_EF
+    q.add(np.ascontiguousarray(centroids, np.float32))
+    return q
+
+
 def build_fastscan(levels: np.ndarray, idx: np.ndarray, ids: np.ndarray, config: IndexConfig) -> FastScanIndex:
     """Index level indices ``idx (n, p)`` (uint8, values < h) with the levels table ``levels (p, h) float32`` under
     the ids ``ids (n,) int64``, as ``config.kind`` fastscan (exhaustive) or ivf-fastscan (inverted lists over the
     normalised decoded vectors: ``config.nlist`` cells, default ~4 sqrt(n); ``config.nprobe`` visited, default
-    `default_fastscan_nprobe`). Codes are added as computed here, never re-encoded by Faiss."""
+    `default_fastscan_nprobe`; queries find their lists through
+    ``config.coarse``). Codes are added as computed here, never re-encoded by Faiss."""
     levels = np.ascontiguousarray(levels, np.float32)
     idx = np.asarray(idx)
     ids = np.ascontiguousarray(ids, np.int64)
@@ -388,6 +416,8 @@ def build_fastscan(levels: np.ndarray, idx: np.ndarray, ids: np.ndarray, config:
             lists = quantizer.assign(_pad(decode(levels, part), d), 1)[:, 0]
             coarse = ((lists[:, None] >> (8 * np.arange(cbytes))) & 255).astype(np.uint8)
             ivfpq.add_sa_codes(np.hstack([coarse, codes(part, h)]), pos[i0 : i0 + _CHUNK])
+        if config.coarse == "hnsw":
+            quantizer = hnsw_coarse(km.centroids)  # searched by queries; the vectors were assigned exactly above
         inner = faiss.IndexIVFPQFastScan(quantizer, d, nlist, M, 4, faiss.METRIC_INNER_PRODUCT)
         inner.by_residual = False
         _set_centroids(inner, cents)
@@ -410,4 +440,4 @@ def memory_bytes(index: faiss.Index | FastScanIndex) -> int:
 
 
 __all__ = ["FastScanIndex", "build_fastscan", "centroids", "codes", "decode", "default_fastscan_nprobe",
-           "group_size", "layout", "memory_bytes"]
+           "group_size", "hnsw_coarse", "layout", "memory_bytes"]

@@ -163,3 +163,52 @@ def test_gpu_index_matches_cpu():
     index = build_fastscan(levels, idx, np.arange(2000), IndexConfig("fastscan", rerank=2000))
     D, _ = search(to_gpu_if_available(index), q, 10)
     np.testing.assert_allclose(D, search(index, q, 10)[0], atol=1e-5)
+
+
+def test_hnsw_coarse_quantizer():
+    levels, idx, _, xn = coded(4, n=4000, p=32, clusters=40)
+    q = xn[:50] + 0.1 * queries(50, 32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    flat = build_fastscan(levels, idx, np.arange(4000), IndexConfig("ivf-fastscan", nlist=64))
+    hnsw = build_fastscan(levels, idx, np.arange(4000), IndexConfig("ivf-fastscan", nlist=64, coarse="hnsw"))
+    assert isinstance(faiss.downcast_index(hnsw.inner.quantizer), faiss.IndexHNSWFlat)
+    # the same lists (vectors assigned exactly either way); with every list probed the results are the same
+    assert [hnsw.inner.get_list_size(i) for i in range(64)] == [flat.inner.get_list_size(i) for i in range(64)]
+    for a, b in zip(search(flat, q, 10, nprobe=64), search(hnsw, q, 10, nprobe=64)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    Df, _ = search(flat, q, 10)
+    Dh, _ = search(hnsw, q, 10)
+    assert np.abs(Dh - Df).max() < 1e-6  # 64 centroids: the graph finds the same nearest lists
+
+
+def test_coarse_option_is_backward_compatible(tmp_path):
+    old = {"kind": "ivf-fastscan", "nlist": 16, "nprobe": 4, "hnsw_m": 32, "rerank": 30}  # written before coarse
+    assert IndexConfig.from_dict(old) == IndexConfig("ivf-fastscan", 16, 4, rerank=30)
+    assert IndexConfig.from_dict(old).to_dict() == old  # saved headers of old indexes still compare equal
+    cfg = IndexConfig("ivf-fastscan", nlist=8, coarse="hnsw")
+    assert IndexConfig.from_dict(cfg.to_dict()) == cfg and "coarse hnsw" in cfg.describe()
+    with pytest.raises(IndexConfigError, match="ivf-fastscan only"):
+        IndexConfig("fastscan", coarse="hnsw")
+    with pytest.raises(IndexConfigError, match="unknown coarse"):
+        IndexConfig("ivf-fastscan", coarse="lsh")
+    levels, idx, _, _ = coded(3, n=1000)
+    index = build_fastscan(levels, idx, np.arange(1000), cfg)
+    save_index(index, tmp_path / "i.faiss", cfg, "fp")
+    back = load_index(tmp_path / "i.faiss", "fp", cfg)
+    q = queries(5, 13)
+    for a, b in zip(search(index, q, 10), search(back, q, 10)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_scan_then_rank_is_search():
+    levels, idx, _, _ = coded(4, n=1500)
+    index = build_fastscan(levels, idx, np.arange(1500) + 3, IndexConfig("ivf-fastscan", nlist=8, rerank=50))
+    q = index.padded(queries(7, 13))
+    assert q.shape == (7, 14)  # 13 dimensions, 2 per group
+    D, I = index.rank(q, index.scan(q, 50), 10)
+    np.testing.assert_array_equal(I, search(index, queries(7, 13), 10)[1])
+    # rows with fewer candidates than asked (-1 at the end) rank what there is
+    P = index.scan(q, 50)
+    P[:, 5:] = -1
+    D, I = index.rank(q, P, 10)
+    assert (I[:, :5] >= 0).all() and (I[:, 5:] == -1).all() and np.isinf(D[:, 5:]).all()
