@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-search", type=int, default=64)
     ap.add_argument("--curve-ef", type=ints, default=[16, 24, 32, 48, 64, 96, 128], help="IndexHNSWFlat curve")
-    ap.add_argument("--curve-nprobe", type=ints, default=[4, 8, 12, 16, 24, 32, 48, 64], help="ivf curves")
+    ap.add_argument("--curve-nprobe", type=ints, default=[4, 8, 16, 24, 32, 48, 64, 96, 128], help="ivf curves")
     ap.add_argument("--curve-rerank", type=ints, default=[10, 20, 30, 50, 100, 200], help="fastscan curve")
     ap.add_argument("--curve-budget", type=float, default=3.0, help="serving seconds per curve point at most")
     ap.add_argument("--breakdown-nprobe", type=ints, default=[16], help="more nprobe values to break down")
