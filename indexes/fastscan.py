@@ -431,7 +431,33 @@ def build_fastscan(levels: np.ndarray, idx: np.ndarray, ids: np.ndarray, config:
         raise IndexConfigError(f"index kind {config.kind!r} is not a fast-scan kind; use build_index")
     faiss.copy_array_to_vector(ids, wrapper.id_map)
     wrapper.ntotal = n
+    _zero_padding(inner)
     return FastScanIndex(wrapper, config.rerank, p)
+
+
+def _zero_padding(inner: faiss.Index) -> None:
+    """Zero the lanes after the last vector of each partly filled block, which Faiss's 4-bit packing leaves
+    uninitialised: an index built twice from the same codes then serialises to the same bytes (the index file's
+    checksum is reproducible). Searches never read those lanes, so results are unchanged."""
+    bbs, M = int(inner.bbs), int(inner.M2)
+    block = bbs * M // 2
+    lane_byte, step, shift = _lanes(bbs)
+
+    def clear(buf: np.ndarray, count: int) -> None:
+        pad = np.arange(count, -(-count // bbs) * bbs)
+        if len(pad):
+            lane = pad % bbs
+            at = (pad // bbs * block + lane_byte[lane])[:, None] + step * np.arange(M)
+            keep = (~(np.uint8(15) << shift[lane])).astype(np.uint8)  # the nibble of the other lane survives
+            np.bitwise_and.at(buf, at.ravel(), np.repeat(keep, M))
+
+    if isinstance(inner, faiss.IndexIVFFastScan):
+        for lst in range(inner.nlist):
+            size = inner.invlists.list_size(lst)
+            if size % bbs:
+                clear(faiss.rev_swig_ptr(inner.invlists.get_codes(lst), -(-size // bbs) * block), size)
+    elif inner.ntotal % bbs:
+        clear(faiss.rev_swig_ptr(inner.codes.get(), inner.codes.size()), int(inner.ntotal))
 
 
 def memory_bytes(index: faiss.Index | FastScanIndex) -> int:

@@ -137,7 +137,7 @@ def test_k_larger_than_the_database_returns_everything_once(client, indexed):
 def test_info_health_openapi_page(client, indexed):
     info = client.get("/info").json()
     assert info["count"] == indexed.count and info["bytes_per_vector"] == indexed.code_size
-    assert info["encoder"]["backbone"] == "alexnet" and info["index_config"]["kind"] == "flat"
+    assert info["encoder"]["backbone"] == "alexnet" and info["index_config"]["kind"] == "fastscan"
     assert info["skipped"] == {} and info["databases"] == ["photos"] and "root" not in info
     assert client.get("/health").json() == {"status": "ok", "databases": {"photos": {"ready": True}}}
     schema = client.get("/openapi.json").json()
