@@ -10,21 +10,18 @@ descriptors are dropped, as in a collection past `--train-size`; then, per index
 (`retr index --index KIND` on the same database: only the derived index changes).
 
 Per kind (`engine.info(db).bytes_per_image`, the figures `retr info` prints): the code; the LMDB pages of each
-per-image sub-database divided by the images (codes, file records, path -> id); the index file per vector; and
-the process's resident memory growth when an `Engine` loads the database and answers one query vector (``rss``,
-from /proc/self/statm: the index plus what Faiss and NumPy allocate beside it, the encoder not loaded; noisy at this
-size, meaningful at scale).
+per-image sub-database divided by the images (codes, file records, path -> id); and the index file per vector,
+which is what a server holds in memory for the index (Faiss's serialisation of it: codes or vectors, ids, lists or
+graph). The process's resident-memory growth is not used: at this size it is dominated by Faiss's and NumPy's
+first allocations, not by the index.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from bench import common
 from bench.encode import make_photos
@@ -34,15 +31,6 @@ from retr.indexes import IndexConfig
 
 RESULTS = Path(__file__).parent / "results" / "footprint.json"
 KINDS = ("fastscan", "ivf-fastscan", "flat", "ivf", "hnsw")
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process (/proc/self/statm), 0 where there is none."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -57,19 +45,12 @@ def run(args: argparse.Namespace) -> dict:
             cfg = IndexConfig(kind, nlist=args.nlist if "ivf" in kind else None)
             engine.index_folder(folder, db, index=cfg, device="cpu", progress=False)
             info = engine.info(db)
-            before = rss_bytes()
-            eng = engine.Engine(db, device="cpu")
-            # a descriptor, not an image: the encoder (its weights) is not loaded, so the growth is the index's
-            eng.search_vectors(np.random.default_rng(0).random((1, info.descriptor_dim), np.float32), k=10)
-            grown = rss_bytes() - before
-            del eng
             b = info.bytes_per_image
             rows.append({"index": IndexConfig.from_dict(info.index_config).describe(), "kind": kind,
                          "images": info.count, "code": b["code"], "lmdb": b["lmdb"], "lmdb_total": b["lmdb_total"],
-                         "index_file": b["index"], "rss_growth_per_image": round(grown / info.count, 1),
-                         "disk_total_per_image": round(info.disk_bytes / info.count, 1)})
+                         "index_file": b["index"], "disk_total_per_image": round(info.disk_bytes / info.count, 1)})
             print(f"  {rows[-1]['index']:34} code {b['code']} B, LMDB {b['lmdb_total']:.0f} B {b['lmdb']}, "
-                  f"index file {b['index']:.0f} B, RSS +{grown / info.count:.0f} B per image", flush=True)
+                  f"index file {b['index']:.0f} B per image", flush=True)
     return {"command": common.command("footprint", args.argv), "n": args.n, "encoder": enc.to_dict(),
             "codec": info.codec, "code_size": info.code_size, "rows": rows,
             "machine": f"{platform.machine()}, {common.cpu_model()}",
