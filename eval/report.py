@@ -818,15 +818,21 @@ def _plot_equal_bytes(result: GridResult, title: str, path: Path) -> Path:
                     color=_COLORS.get(_family(exp), f"C{k % 10}"), linestyle="--" if _variant(exp) else "-",
                     label=experiment_label(exp))
         _baseline_line(ax, result.baseline[m], label="original score")
-        ax.set_xscale("log")
-        ax.set_xticks(budgets, [f"{b:g}" for b in budgets], minor=False)
-        ax.xaxis.set_minor_formatter("")
-        ax.set_xlabel("bytes per vector (the budgets PQ / OPQ were planned at, log scale)")
-        ax.set_ylabel(metric_column(m))
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        _bytes_axis(ax, budgets, "bytes per vector (the budgets PQ / OPQ were planned at, log scale)", metric_column(m))
     _titles(fig, [(ax, f"best {metric_column(m)} at equal bytes") for ax, m in zip(axes, ms)], title)
     return _save(fig, path)
+
+
+def _bytes_axis(ax, ticks: list[float] | None, xlabel: str, ylabel: str) -> None:
+    """A log-scale bytes-per-vector x axis (labelled at ``ticks`` when given), the labels, a grid and the legend."""
+    ax.set_xscale("log")
+    if ticks is not None:
+        ax.set_xticks(ticks, [f"{b:g}" for b in ticks], minor=False)
+        ax.xaxis.set_minor_formatter("")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
 
 
 def _plot_expansion(result: GridResult, title: str, path: Path) -> Path:
@@ -848,15 +854,10 @@ def _plot_expansion(result: GridResult, title: str, path: Path) -> Path:
             if ident:
                 ax.plot([ident[0].bytes_per_vector], [ident[0].scores.get(name, math.nan)], marker="*",
                         markersize=10, color=color, linestyle="none")
-        ax.set_xscale("log")
         sizes = sorted({p.bytes_per_vector for p in result.points})
-        if len(sizes) <= 12:  # the levels' sizes as ticks, rather than log ticks' overlapping 2x10^2, 3x10^2...
-            ax.set_xticks(sizes, [f"{b:g}" for b in sizes], minor=False)
-            ax.xaxis.set_minor_formatter("")
-        ax.set_xlabel("bytes per vector (log scale; stars: the original float32)")
-        ax.set_ylabel(metric_column(m))
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        # the levels' sizes as ticks, rather than log ticks' overlapping 2x10^2, 3x10^2...
+        _bytes_axis(ax, sizes if len(sizes) <= 12 else None, "bytes per vector (log scale; stars: the original "
+                    "float32)", metric_column(m))
     _titles(fig, [(ax, f"{metric_column(m)} with query expansion") for ax, m in zip(axes, ms)], title)
     return _save(fig, path)
 
