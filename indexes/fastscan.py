@@ -23,6 +23,7 @@ idx (n, p) uint8 level indices, xq (m, p) float32 queries, D (m, k) scores, I (m
 from __future__ import annotations
 
 import ctypes
+import concurrent.futures
 import functools
 
 import faiss
@@ -35,6 +36,7 @@ from .config import IndexConfig, IndexConfigError
 KSUB = 16  # centroids per 4-bit sub-quantizer
 MAX_LEVELS = KSUB  # one dimension per group is the coarsest mapping: h <= 16
 _CHUNK = 1 << 16  # rows decoded at a time while building, to bound memory
+_PAR_ROWS = 64  # queries per re-rank thread at least: below that, starting threads costs more than it saves
 _QCHUNK = 1024  # queries re-ranked at a time (their look-ups take m * rerank * M * 8 bytes)
 _TRAIN_PER_LIST = 40  # k-means points per inverted list (Faiss warns below 39)
 _KMEANS_ITER = 10
@@ -299,8 +301,18 @@ class FastScanIndex:
         return _pad(xq, d) if d != xq.shape[1] else np.ascontiguousarray(xq, np.float32)
 
     def _search_chunk(self, q: np.ndarray, k: int, kc: int, params) -> tuple[np.ndarray, np.ndarray]:
-        """`search` of padded queries q (m, d): kc candidates from Faiss, re-ranked; (m, k) scores and ids."""
-        return self.rank(q, self.scan(q, kc, params), k)
+        """`search` of padded queries q (m, d): kc candidates from Faiss, re-ranked; (m, k) scores and ids.
+
+        A batch is re-ranked on as many threads as Faiss uses, each a contiguous share of the queries (NumPy's
+        gathers and sorts release the GIL; rows are independent, so the results are those of one thread)."""
+        P = self.scan(q, kc, params)
+        parts = min(faiss.omp_get_max_threads(), len(q) // _PAR_ROWS)
+        if parts <= 1:
+            return self.rank(q, P, k)
+        cut = np.linspace(0, len(q), parts + 1).astype(int)
+        with concurrent.futures.ThreadPoolExecutor(parts) as pool:
+            done = list(pool.map(lambda a, b: self.rank(q[a:b], P[a:b], k), cut[:-1], cut[1:]))
+        return np.vstack([d for d, _ in done]), np.vstack([i for _, i in done])
 
     def scan(self, q: np.ndarray, kc: int, params: faiss.SearchParameters | None = None) -> np.ndarray:
         """Candidate positions (m, kc) int64 of padded queries q (m, d) float32 from the fast-scan (Faiss), -1 at

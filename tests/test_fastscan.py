@@ -227,3 +227,22 @@ def test_an_index_built_twice_serialises_to_the_same_bytes(kind, p, n):
         blobs.append(faiss.serialize_index(build_fastscan(lv, idx, np.arange(n), cfg).index).tobytes())
         del junk
     assert blobs[0] == blobs[1] == blobs[2]
+
+
+@pytest.mark.parametrize("kind", ["fastscan", "ivf-fastscan"])
+def test_a_batch_reranked_on_threads_equals_one_thread(kind, monkeypatch):
+    rng = np.random.default_rng(3)
+    p, n = 16, 2000
+    lv = np.sort(rng.standard_normal((p, 4), dtype=np.float32), axis=1)
+    idx = rng.integers(0, 4, (n, p)).astype(np.uint8)
+    index = build_fastscan(lv, idx, np.arange(n) * 7, IndexConfig(kind, nlist=16 if kind == "ivf-fastscan" else None,
+                                                                  rerank=40))
+    xq = rng.standard_normal((300, p), dtype=np.float32)
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    monkeypatch.setattr(F, "_PAR_ROWS", 10**9)
+    D1, I1 = index.search(xq, 10)
+    monkeypatch.setattr(F, "_PAR_ROWS", 1)
+    monkeypatch.setattr(F.faiss, "omp_get_max_threads", lambda: 3)  # three parts, even on a one-core machine
+    D3, I3 = index.search(xq, 10)
+    np.testing.assert_array_equal(I1, I3)
+    np.testing.assert_array_equal(D1, D3)
