@@ -59,6 +59,7 @@ import torch
 
 from bench import common
 from bench.encode import make_photos
+from retr.indexes.config import IndexConfig
 from retr.retrieval import codec as codec_mod
 from retr.retrieval import describe, distributed, engine, shards
 from retr.retrieval.codec import CodecConfig
@@ -267,7 +268,8 @@ def make_shard(db: Path, spec: DatabaseSpec, params, root: str, n: int, first: i
 def merging(args, tmp: Path) -> dict:
     x = np.random.default_rng(0).standard_normal((2000, 1280)).astype(np.float32)
     params = codec_mod.fit(x, CodecConfig(dims=256, levels=4))
-    spec = DatabaseSpec(codec=params.config, codec_state=FROZEN)
+    # the flat index the recorded figures were built with (fast-scan has been the default since 2 December 2026)
+    spec = DatabaseSpec(codec=params.config, index=IndexConfig("flat"), codec_state=FROZEN)
     per = args.merge_codes // args.merge_shards
     dbs = []
     for k in range(args.merge_shards):
