@@ -15,7 +15,8 @@ class IndexConfigError(ValueError):
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Which Faiss index to derive from the stored codes.
+    """Which Faiss index to derive from the stored codes. (``kind`` defaults to flat here, for arrays; a database's
+    default is decided from its codec by `retr.retrieval.spec.default_index`: fastscan wherever the codec allows.)
 
     kind: ``flat`` (exact inner product), ``ivf`` (inverted lists, ``nlist`` cells, ``nprobe`` visited per query;
           both chosen from the collection size when None), ``hnsw`` (graph with ``hnsw_m`` links per node), over the
