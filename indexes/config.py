@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, fields
 
 FASTSCAN_KINDS = ("fastscan", "ivf-fastscan")
 KINDS = ("flat", "ivf", "hnsw") + FASTSCAN_KINDS
+# levels per dimension a fast-scan index can scan: one dimension per 4-bit sub-quantizer of 16 centroids (fastscan.py);
+# here, not in fastscan.py, so that the database spec can decide its default index without importing Faiss
+FASTSCAN_MAX_LEVELS = 16
 COARSE = ("flat", "hnsw")
 
 

@@ -31,9 +31,9 @@ import numpy as np
 
 from .build import default_nlist
 from .vectors import l2n
-from .config import IndexConfig, IndexConfigError
+from .config import FASTSCAN_MAX_LEVELS, IndexConfig, IndexConfigError
 
-KSUB = 16  # centroids per 4-bit sub-quantizer
+KSUB = FASTSCAN_MAX_LEVELS  # centroids per 4-bit sub-quantizer
 MAX_LEVELS = KSUB  # one dimension per group is the coarsest mapping: h <= 16
 _CHUNK = 1 << 16  # rows decoded at a time while building, to bound memory
 _PAR_ROWS = 64  # queries per re-rank thread at least: below that, starting threads costs more than it saves

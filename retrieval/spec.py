@@ -25,13 +25,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..indexes.config import FASTSCAN_KINDS, IndexConfig, IndexConfigError
+from ..indexes.config import FASTSCAN_KINDS, FASTSCAN_MAX_LEVELS, IndexConfig, IndexConfigError
 from .codec import CodecConfig, code_size_for
 from .encoder_config import EncoderConfig
 from .errors import ConfigError
 
 SPEC_VERSION = 1
-FASTSCAN_MAX_LEVELS = 16  # one 4-bit fast-scan sub-quantizer holds at most 16 levels (indexes/fastscan.py)
 PROVISIONAL, FROZEN = "provisional", "frozen"
 DEFAULT_TRAIN_SIZE = 20000
 
