@@ -10,10 +10,12 @@ descriptors are dropped, as in a collection past `--train-size`; then, per index
 (`retr index --index KIND` on the same database: only the derived index changes).
 
 Per kind (`engine.info(db).bytes_per_image`, the figures `retr info` prints): the code; the LMDB pages of each
-per-image sub-database divided by the images (codes, file records, path -> id); and the index file per vector,
-which is what a server holds in memory for the index (Faiss's serialisation of it: codes or vectors, ids, lists or
-graph). The process's resident-memory growth is not used: at this size it is dominated by Faiss's and NumPy's
-first allocations, not by the index.
+per-image sub-database divided by the images (codes, file records, path -> id); the index file per vector (Faiss's
+serialisation: codes or vectors, ids, lists or graph); and what a server holds in memory once the index is loaded:
+the file's content, plus for fast-scan kinds the re-rank copy that FastScanIndex derives at load (two 4-bit groups
+per byte, a float32 inverse norm per vector, and 8-bit centroid tables whose fixed size, 256 KiB for 128 groups,
+weighs on small collections). The process's resident-memory growth is not used: at this size it is dominated by
+Faiss's and NumPy's first allocations, not by the index.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def run(args: argparse.Namespace) -> dict:
             b = info.bytes_per_image
             rows.append({"index": IndexConfig.from_dict(info.index_config).describe(), "kind": kind,
                          "images": info.count, "code": b["code"], "lmdb": b["lmdb"], "lmdb_total": b["lmdb_total"],
-                         "index_file": b["index"], "disk_total_per_image": round(info.disk_bytes / info.count, 1)})
+                         "index_file": b["index"], "index_memory": b["index_memory"],
+                         "disk_total_per_image": round(info.disk_bytes / info.count, 1)})
             print(f"  {rows[-1]['index']:34} code {b['code']} B, LMDB {b['lmdb_total']:.0f} B {b['lmdb']}, "
-                  f"index file {b['index']:.0f} B per image", flush=True)
+                  f"index file {b['index']:.0f} B, in memory {b['index_memory']:.0f} B per image", flush=True)
     return {"command": common.command("footprint", args.argv), "n": args.n, "encoder": enc.to_dict(),
             "codec": info.codec, "code_size": info.code_size, "rows": rows,
             "machine": f"{platform.machine()}, {common.cpu_model()}",

@@ -213,9 +213,12 @@ def info_cmd(db, as_json):
     b = i.bytes_per_image
     if b:
         parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(b["lmdb"].items(), key=lambda kv: -kv[1]))
-        click.echo(f"per image    code {b['code']} B; LMDB {b['lmdb_total']:.0f} B on disk ({parts}); index "
-                   + (f"{b['index']:.0f} B (its file; about what a server holds in memory)" if b["index"]
-                      else "not built yet"))
+        index = "not built yet"
+        if b["index"]:
+            index = f"{b['index']:.0f} B in its file"
+            if b.get("index_memory") and b["index_memory"] != b["index"]:
+                index += f", {b['index_memory']:.0f} B in memory once loaded (with the re-rank copy)"
+        click.echo(f"per image    code {b['code']} B; LMDB {b['lmdb_total']:.0f} B on disk ({parts}); index {index}")
     if i.features_kept:
         click.echo(f"features     {i.features_kept} float32 descriptors kept (the codec can be refitted)")
     click.echo(f"skipped      {_plural(len(i.skipped), 'file')}")

@@ -16,6 +16,33 @@ class IndexConfigError(ValueError):
     """An index option is invalid (the engine turns it into a one-line user error)."""
 
 
+def group_size(h: int) -> int:
+    """Dimensions per 4-bit fast-scan group for h levels: the largest g <= 4 with h**g <= 16 (h = 1 -> 4,
+    h > 16 -> error)."""
+    if not 1 <= h <= FASTSCAN_MAX_LEVELS:
+        raise IndexConfigError(f"fast-scan indexes need 1 to {FASTSCAN_MAX_LEVELS} levels per dimension, not {h}; "
+                               "use index kind flat, ivf or hnsw")
+    g = 1
+    while g < 4 and h ** (g + 1) <= FASTSCAN_MAX_LEVELS:
+        g += 1
+    return g
+
+
+def layout(p: int, h: int) -> tuple[int, int]:
+    """(g, M): dimensions per group and number of 4-bit groups (sub-quantizers) for p dimensions of h levels."""
+    g = group_size(h)
+    return g, -(-p // g)
+
+
+def fastscan_rerank_bytes(p: int, h: int, n: int) -> int:
+    """Memory that a fast-scan index over n vectors (p dimensions, h levels) holds beyond its saved file: its
+    re-rank copy (fastscan.FastScanIndex.rerank_bytes): ceil(M / 2) code bytes and one float32 inverse norm per
+    vector, and the 8-bit centroid tables, ceil(M / 2) x 256 centroids of 2g float32."""
+    g, M = layout(p, h)
+    pairs = -(-M // 2)
+    return n * (pairs + 4) + pairs * 256 * 2 * g * 4
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """Which Faiss index to derive from the stored codes. (``kind`` defaults to flat here, for arrays; a database's

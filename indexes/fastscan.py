@@ -10,8 +10,9 @@ only level is 0 (queries are padded with zeros to match).
 
 The scan ranks by the inner product with the un-normalised decoded vectors through 8-bit look-up tables; the
 engine's score is the cosine with the L2-normalised decoded vectors. So each query takes max(k, rerank) candidates
-from the scan and re-ranks them exactly: their codes are read from the fast-scan blocks themselves (no second copy of
-the database) and scored through float look-up tables, dot product over norm. Results equal exact search on the
+from the scan and re-ranks them exactly, in Faiss's C++ (`IndexRefine`): a second, plain copy of the codes, two 4-bit
+groups per byte (an 8-bit PQ whose 256 centroids are the pairs of the 16: still lossless), gives each candidate's
+exact inner product, which the vector's stored inverse norm turns into its cosine. Results equal exact search on the
 normalised decoded vectors (to float rounding) whenever the true top k are among the candidates; the candidates of
 the un-normalised scan differ a little from the true ones, which the re-rank depth absorbs (bench/README.md).
 
@@ -23,7 +24,6 @@ idx (n, p) uint8 level indices, xq (m, p) float32 queries, D (m, k) scores, I (m
 from __future__ import annotations
 
 import ctypes
-import concurrent.futures
 import functools
 
 import faiss
@@ -31,32 +31,13 @@ import numpy as np
 
 from .build import default_nlist
 from .vectors import l2n
-from .config import FASTSCAN_MAX_LEVELS, IndexConfig, IndexConfigError
+from .config import FASTSCAN_MAX_LEVELS, IndexConfig, IndexConfigError, fastscan_rerank_bytes, group_size, layout
 
 KSUB = FASTSCAN_MAX_LEVELS  # centroids per 4-bit sub-quantizer
 MAX_LEVELS = KSUB  # one dimension per group is the coarsest mapping: h <= 16
 _CHUNK = 1 << 16  # rows decoded at a time while building, to bound memory
-_PAR_ROWS = 64  # queries per re-rank thread at least: below that, starting threads costs more than it saves
-_QCHUNK = 1024  # queries re-ranked at a time (their look-ups take m * rerank * M * 8 bytes)
 _TRAIN_PER_LIST = 40  # k-means points per inverted list (Faiss warns below 39)
 _KMEANS_ITER = 10
-
-
-def group_size(h: int) -> int:
-    """Dimensions per 4-bit group for h levels: the largest g <= 4 with h**g <= 16 (h = 1 -> 4, h > 16 -> error)."""
-    if not 1 <= h <= MAX_LEVELS:
-        raise IndexConfigError(f"fast-scan indexes need 1 to {MAX_LEVELS} levels per dimension, not {h}; "
-                               "use index kind flat, ivf or hnsw")
-    g = 1
-    while g < 4 and h ** (g + 1) <= KSUB:
-        g += 1
-    return g
-
-
-def layout(p: int, h: int) -> tuple[int, int]:
-    """(g, M): dimensions per group and number of groups for p dimensions of h levels."""
-    g = group_size(h)
-    return g, -(-p // g)
 
 
 def centroids(levels: np.ndarray) -> np.ndarray:
@@ -154,15 +135,18 @@ class FastScanIndex:
     index: ``faiss.IndexIDMap`` over an ``IndexPQFastScan`` (kind fastscan) or an ``IndexIVFPQFastScan`` with
         ``by_residual = False`` and a direct map (kind ivf-fastscan), of padded dimension M * g >= p; the inner
         index numbers vectors 0..n-1 (their positions) and the id map turns positions into the caller's ids.
-        Persist it with save_index / load_index.
+        Persist it with save_index / load_index; the re-rank copy below is derived from it when it is wrapped.
     rerank: candidates re-ranked exactly per query (at least k are).
+    refiner: the ``faiss.IndexRefine`` (inner index + re-rank copy) that `candidates` searches.
     p: dimension of the vectors searched (queries are (m, p); the padded dimensions are zero).
 
-    Candidates are re-ranked from their 4-bit codes read straight out of the fast-scan blocks (views, no copy):
-    with look-up tables T = centroids . q (M, 16) and squared centroid norms N (M, 16), a vector with codes c has
-    q . x = sum_m T[m, c_m] and |x|^2 = sum_m N[m, c_m], so its cosine costs 2 M look-ups, far less than Faiss's
-    one-vector-at-a-time reconstruct. A served query spends most of its time outside Faiss in numpy calls, so the
-    re-rank is a fixed, short sequence of whole-array operations (no loop over lists or sub-quantizers).
+    The re-rank runs in Faiss's C++: ``IndexRefine(inner, pairs)`` takes the scan's candidates and scores each by
+    its exact inner product through ``pairs``, an ``IndexPQ`` of ceil(M / 2) 8-bit sub-quantizers holding the same
+    codes two groups per byte (sub-quantizer j = groups 2j, 2j + 1; its centroid b is the concatenation of their
+    centroids b & 15 and b >> 4, so decoding stays exact). The cosine is that inner product times the vector's
+    inverse norm (n,) float32. A served query's re-rank in NumPy cost more than Faiss's whole scan; this copy costs
+    ceil(M / 2) + 4 bytes per vector of memory (`rerank_bytes`) and is rebuilt from the fast-scan blocks whenever
+    the index is loaded, so the index file holds the codes once.
     """
 
     def __init__(self, index: faiss.Index, rerank: int, p: int):
@@ -173,12 +157,9 @@ class FastScanIndex:
         self.ivf = isinstance(inner, faiss.IndexIVFFastScan)
         self._n, self._M, self._bbs = n, M, bbs = int(index.ntotal), int(inner.M), int(inner.bbs)
         self.centroids = faiss.vector_to_array(inner.pq.centroids).reshape(M, KSUB, inner.d // M)
-        self._cent_t = np.ascontiguousarray(self.centroids.transpose(2, 0, 1))  # (g, M, 16): one table per t < g
-        self._norm2 = (self.centroids ** 2).sum(axis=2).ravel()  # (M * 16,) float32
-        self._moff = np.arange(M) * KSUB  # where sub-quantizer m's 16 entries start in a flattened table
         self._lane_byte, step, self._shift = _lanes(bbs)
         self._block = bbs * inner.M2 // 2  # bytes per block of bbs vectors
-        self._params: dict[int, faiss.SearchParametersIVF] = {}
+        self._params: dict[int | None, tuple] = {}
         # views of Faiss-owned memory (no copy), valid while the index is not modified
         self._ids = faiss.rev_swig_ptr(index.id_map.data(), n) if n else np.zeros(0, np.int64)
         if self.ivf:
@@ -200,6 +181,36 @@ class FastScanIndex:
         rows = max(0, len(self._codes) - step * (M - 1))
         self._code_rows = np.lib.stride_tricks.as_strided(self._codes, shape=(rows, M), strides=(1, step),
                                                           writeable=False)
+        self._build_refine()
+
+    def _build_refine(self) -> None:
+        """The re-rank copy: ``pairs`` (IndexPQ, two groups per byte) filled from the fast-scan blocks, the inverse
+        norms, and the ``IndexRefine`` that searches through both (see the class docstring)."""
+        inner, M, d = self.inner, self._M, int(self.inner.d)
+        M8 = -(-M // 2)
+        g = d // M
+        cents = self.centroids if M % 2 == 0 else np.concatenate([self.centroids, np.zeros((1, KSUB, g), np.float32)])
+        b = np.arange(256)
+        pair_cents = np.concatenate([cents[0::2][:, b & 15], cents[1::2][:, b >> 4]], axis=2)  # (M8, 256, 2g)
+        self._pairs = pairs = faiss.IndexPQ(2 * g * M8, M8, 8, faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(np.ascontiguousarray(pair_cents, np.float32).ravel(), pairs.pq.centroids)
+        pairs.is_trained = True
+        norm2 = (self.centroids**2).sum(axis=2).ravel()  # (M * 16,): |centroid|^2 of each sub-quantizer
+        moff = np.arange(M) * KSUB
+        self._inv_norm = np.empty(self._n, np.float32)
+        for i0 in range(0, self._n, _CHUNK):
+            c = self.codes4(np.arange(i0, min(self._n, i0 + _CHUNK), dtype=np.int64))
+            if M % 2:
+                c = np.hstack([c, np.zeros((len(c), 1), np.uint8)])
+            pairs.add_sa_codes(np.ascontiguousarray(c[:, 0::2] | (c[:, 1::2] << 4)))
+            n2 = norm2.take(np.add(c[:, :M], moff, dtype=np.intp)).sum(axis=1)
+            self._inv_norm[i0 : i0 + len(c)] = 1.0 / np.sqrt(np.maximum(n2, 1e-24))
+        self._refine_index = pairs
+        if pairs.d != d:  # an odd number of groups: the last byte's high nibble is a zero group
+            self._remap = faiss.RemapDimensionsTransform(d, int(pairs.d), False)  # pads queries with zeros
+            self._refine_index = faiss.IndexPreTransform(self._remap, pairs)
+        self.refiner = faiss.IndexRefine(inner, self._refine_index)
+        self.refiner.own_fields = self.refiner.own_refine_index = False  # Python owns both
 
     @property
     def ntotal(self) -> int:
@@ -218,8 +229,15 @@ class FastScanIndex:
         """Bytes per vector of the fast-scan codes (ids and inverted-list bookkeeping not counted)."""
         return int(self.inner.code_size)
 
+    @property
+    def rerank_bytes(self) -> int:
+        """Bytes of memory the re-rank copy takes beyond the saved index: codes two groups per byte, their 8-bit
+        centroid tables, one float32 inverse norm per vector."""
+        return int(self._pairs.sa_code_size() * self._n + self._pairs.pq.centroids.size() * 4 + self._inv_norm.nbytes)
+
     def codes4(self, positions: np.ndarray) -> np.ndarray:
-        """4-bit codes (len(positions), M) uint8 of the vectors at these positions (0 <= position < n)."""
+        """4-bit codes (len(positions), M) uint8 of the vectors at these positions (0 <= position < n), read from
+        the fast-scan blocks."""
         positions = np.asarray(positions, np.int64)
         if self.ivf:
             where = self._where.take(positions)  # list number << 32 | offset in the list
@@ -239,29 +257,6 @@ class FastScanIndex:
         c = self.codes4(positions)
         return self.centroids[np.arange(self._M), c].reshape(len(c), -1)[:, : self.p]
 
-    def _luts(self, q: np.ndarray) -> np.ndarray:
-        """Look-up tables (m, M * 16) float32 of padded queries q (m, d): entry m * 16 + c is centroid c of
-        sub-quantizer m dotted with the query's g dimensions of that group."""
-        qg = q.reshape(len(q), self._M, -1)
-        T = qg[:, :, 0, None] * self._cent_t[0]
-        for t in range(1, qg.shape[2]):
-            T += qg[:, :, t, None] * self._cent_t[t]
-        return T.reshape(len(q), -1)
-
-    def _scores(self, q: np.ndarray, P: np.ndarray) -> np.ndarray:
-        """Cosines (m, kc) float32 of padded queries q (m, d) with the vectors at positions P (m, kc) (all >= 0)."""
-        m, kc = P.shape
-        # q.x and |x|^2 in one gather: the real part of the table is the query's look-ups, the imaginary part the
-        # squared centroid norms
-        TN = np.empty((m, self._M * KSUB), np.complex64)
-        TN.real = self._luts(q)
-        TN.imag = self._norm2
-        at = np.add(self.codes4(P.ravel()), self._moff, dtype=np.intp)  # (m * kc, M) entries of an (M, 16) table
-        if m > 1:
-            at += np.repeat(np.arange(m) * TN.shape[1], kc)[:, None]  # query i's table starts at row i
-        s = TN.take(at).sum(axis=1)
-        return (s.real / np.sqrt(np.maximum(s.imag, 1e-24))).astype(np.float32).reshape(m, kc)
-
     def to_gpu(self) -> faiss.Index:
         """GPUs have no 4-bit fast-scan: an exact flat index (``IndexIDMap`` over ``IndexFlatIP``, moved to all GPUs)
         over the normalised decoded vectors, the ranking that the re-ranked fast-scan search approximates."""
@@ -279,72 +274,83 @@ class FastScanIndex:
         if xq.ndim != 2 or xq.shape[1] != self.p:
             raise ValueError(f"queries must be (m, {self.p}), got {xq.shape}")
         m = len(xq)
-        xq = self.padded(xq)
         kc = min(max(k, self.rerank), self._n)
         if kc == 0 or m == 0:
             return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
-        params = None
-        if nprobe is not None and self.ivf:
-            params = self._params.get(nprobe) or self._params.setdefault(
-                nprobe, faiss.SearchParametersIVF(nprobe=int(nprobe)))
-        if m <= _QCHUNK:  # serving: one chunk, no copies into the output
-            return self._search_chunk(xq, k, kc, params)
-        D = np.empty((m, k), np.float32)
-        I = np.empty((m, k), np.int64)
-        for q0 in range(0, m, _QCHUNK):
-            D[q0 : q0 + _QCHUNK], I[q0 : q0 + _QCHUNK] = self._search_chunk(xq[q0 : q0 + _QCHUNK], k, kc, params)
-        return D, I
+        q = self.padded(xq)
+        return self.top(*self.candidates(q, kc, nprobe), k)
 
     def padded(self, xq: np.ndarray) -> np.ndarray:
-        """Queries (m, p) -> (m, d) contiguous float32, zeros in the padded dimensions: what `scan` and `rank` take."""
+        """Queries (m, p) -> (m, d) contiguous float32, zeros in the padded dimensions: what `scan` and
+        `candidates` take."""
         d = int(self.inner.d)
         return _pad(xq, d) if d != xq.shape[1] else np.ascontiguousarray(xq, np.float32)
 
-    def _search_chunk(self, q: np.ndarray, k: int, kc: int, params) -> tuple[np.ndarray, np.ndarray]:
-        """`search` of padded queries q (m, d): kc candidates from Faiss, re-ranked; (m, k) scores and ids.
+    def _search_params(self, nprobe: int | None) -> tuple:
+        """(scan parameters, re-rank parameters) for this nprobe (None: the index's own), made once each."""
+        if nprobe not in self._params:
+            scan = faiss.SearchParametersIVF(nprobe=int(nprobe)) if nprobe is not None and self.ivf else None
+            # k_factor 1: IndexRefine re-scores exactly the candidates it is asked for (the cosine re-orders them)
+            refine = faiss.IndexRefineSearchParameters(k_factor=1.0)
+            if scan is not None:
+                refine.base_index_params = scan  # the tuple keeps `scan` alive as long as `refine` points to it
+            self._params[nprobe] = (scan, refine)
+        return self._params[nprobe]
 
-        A batch is re-ranked on as many threads as Faiss uses, each a contiguous share of the queries (NumPy's
-        gathers and sorts release the GIL; rows are independent, so the results are those of one thread)."""
-        P = self.scan(q, kc, params)
-        parts = min(faiss.omp_get_max_threads(), len(q) // _PAR_ROWS)
-        if parts <= 1:
-            return self.rank(q, P, k)
-        cut = np.linspace(0, len(q), parts + 1).astype(int)
-        with concurrent.futures.ThreadPoolExecutor(parts) as pool:
-            done = list(pool.map(lambda a, b: self.rank(q[a:b], P[a:b], k), cut[:-1], cut[1:]))
-        return np.vstack([d for d, _ in done]), np.vstack([i for _, i in done])
+    def scan(self, q: np.ndarray, kc: int, nprobe: int | None = None) -> np.ndarray:
+        """Candidate positions (m, kc) int64 of padded queries q (m, d) float32 from the fast-scan alone (Faiss,
+        no re-rank), -1 at the end of a row where fewer were found."""
+        _, P = self.inner.search(q, kc, params=self._search_params(nprobe)[0])
+        return P
 
-    def scan(self, q: np.ndarray, kc: int, params: faiss.SearchParameters | None = None) -> np.ndarray:
-        """Candidate positions (m, kc) int64 of padded queries q (m, d) float32 from the fast-scan (Faiss), -1 at
-        the end of a row where fewer were found; ``params``: Faiss's search parameters (nprobe)."""
-        _, P = self.inner.search(q, kc, params=params)
+    def candidates(self, q: np.ndarray, kc: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The scan's kc candidates of padded queries q (m, d) float32, re-ranked exactly: cosines S (m, kc)
+        float32 (-inf where fewer were found) and positions P (m, kc) int64 (-1 there), in Faiss's inner-product
+        order (`top` sorts by cosine).
+
+        A served query's whole time here is Faiss's: the few NumPy calls after it are counted in microseconds
+        (bench/search.py's breakdown), so the common case (every row full) takes the shortest path."""
+        m = len(q)
+        D = np.empty((m, kc), np.float32)
+        P = np.empty((m, kc), np.int64)
+        # Faiss's own search wrapper, minus its argument checks (q is padded and contiguous by construction)
+        self.refiner.search_c(m, faiss.swig_ptr(q), kc, faiss.swig_ptr(D), faiss.swig_ptr(P),
+                               self._search_params(nprobe)[1])
+        if (P[0, -1] >= 0) if m == 1 else (P[:, -1].min() >= 0):  # scalar read for one query: a microsecond less
+            return D * self._inv_norm.take(P), P
+        miss = P < 0
+        D[miss] = 0  # Faiss's filler scores (-FLT_MAX) for missing candidates: -inf below, not an overflow
+        S = D * self._inv_norm.take(np.maximum(P, 0))
+        S[miss] = -np.inf
         blind = P[:, 0] < 0
         if blind.any():
             # a query whose look-up tables are constant (a zero query, h = 1) makes Faiss's 8-bit table
             # quantization divide by zero and return nothing: rank those exactly over every vector instead
-            P[blind] = self._exact(q[blind], kc)
-        return P
+            S[blind], P[blind] = self._exact(q[blind], kc)
+        return S, P
 
-    def rank(self, q: np.ndarray, P: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The exact re-rank: the best k of candidate positions P (m, kc) (-1: none) by cosine with padded queries
-        q (m, d); scores D (m, k) float32 descending and ids I (m, k) int64 (-inf / -1 where fewer than k)."""
-        short = (P[:, -1] < 0).any()  # Faiss fills missing results (-1) at the end: fewer than kc found
-        s = self._scores(q, np.maximum(P, 0) if short else P)
-        if short:
-            s[P < 0] = -np.inf
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        rows = np.arange(len(q))[:, None]
-        pos = P[rows, order]
-        D, I = s[rows, order], self._ids.take(pos)
-        if short:
+    def top(self, S: np.ndarray, P: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best k of candidates at positions P (m, kc) (-1: none) with cosines S (m, kc): scores D (m, k)
+        float32 descending and ids I (m, k) int64 (-inf / -1 where fewer than k)."""
+        m, kc = S.shape
+        if m == 1:  # serving: 1-D calls, a few microseconds fewer than the general path
+            o = np.argsort(-S[0], kind="stable")[:k]
+            D, pos = S[0].take(o)[None], P[0].take(o)[None]
+        else:
+            o = np.argsort(-S, axis=1, kind="stable")[:, :k]
+            o += np.arange(m)[:, None] * kc
+            D, pos = S.take(o), P.take(o)
+        I = self._ids.take(pos)
+        if (pos[0, -1] < 0) if m == 1 else (pos[:, -1].min() < 0):  # a missing candidate sorts last (-inf)
             I[pos < 0] = -1
-        if order.shape[1] < k:  # k > n: pad as Faiss does
-            D = np.hstack([D, np.full((len(q), k - order.shape[1]), -np.inf, np.float32)])
-            I = np.hstack([I, np.full((len(q), k - order.shape[1]), -1, np.int64)])
+        if o.shape[-1] < k:  # k > n: pad as Faiss does
+            D = np.hstack([D, np.full((m, k - o.shape[-1]), -np.inf, np.float32)])
+            I = np.hstack([I, np.full((m, k - o.shape[-1]), -1, np.int64)])
         return D, I
 
-    def _exact(self, q: np.ndarray, k: int) -> np.ndarray:
-        """Positions (len(q), k) of the best k by exact cosine over all vectors; q (m', d) padded queries."""
+    def _exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cosines (m', k) float32 and positions (m', k) int64 of the best k over all vectors, by decoding them;
+        q (m', d) padded queries."""
         best_s = np.full((len(q), 0), -np.inf, np.float32)
         best_p = np.zeros((len(q), 0), np.int64)
         for i0 in range(0, self._n, _CHUNK):
@@ -353,7 +359,7 @@ class FastScanIndex:
             p = np.hstack([best_p, np.broadcast_to(pos, (len(q), len(pos)))])
             keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
             best_s, best_p = np.take_along_axis(s, keep, 1), np.take_along_axis(p, keep, 1)
-        return best_p
+        return best_s, best_p
 
 
 def default_fastscan_nprobe(nlist: int) -> int:
@@ -473,9 +479,12 @@ def _zero_padding(inner: faiss.Index) -> None:
 
 
 def memory_bytes(index: faiss.Index | FastScanIndex) -> int:
-    """Bytes of the index as Faiss serialises it (codes, ids, lists, graph): a proxy for its memory."""
-    return int(faiss.serialize_index(index.index if isinstance(index, FastScanIndex) else index).size)
+    """Bytes of the index as Faiss serialises it (codes, ids, lists, graph), plus a FastScanIndex's re-rank copy:
+    a proxy for its memory."""
+    if isinstance(index, FastScanIndex):
+        return int(faiss.serialize_index(index.index).size) + index.rerank_bytes
+    return int(faiss.serialize_index(index).size)
 
 
 __all__ = ["FastScanIndex", "build_fastscan", "centroids", "codes", "decode", "default_fastscan_nprobe",
-           "group_size", "hnsw_coarse", "layout", "memory_bytes"]
+           "fastscan_rerank_bytes", "group_size", "hnsw_coarse", "layout", "memory_bytes"]

@@ -37,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import indexes
+from ..indexes.config import FASTSCAN_KINDS, fastscan_rerank_bytes
 from ..indexes.vectors import l2n
 from . import codec as codec_mod
 from .codec import CodecConfig, CodecParams
@@ -132,19 +133,31 @@ class DatabaseInfo:
         return d
 
 
-def bytes_per_image(count: int, code_size: int, pages: dict[str, int], index: dict | None) -> dict | None:
+def bytes_per_image(count: int, code_size: int, pages: dict[str, int], index: dict | None,
+                    index_extra: int = 0) -> dict | None:
     """What one image costs, in bytes (None for an empty database): ``code`` (the codec's output), ``lmdb`` (pages
     of each per-image LMDB sub-database divided by the images: records, keys and B-tree overhead; 4 KiB pages, so
     meaningful from a few hundred images on), ``lmdb_total``, and
-    ``index`` (the saved index file per vector it holds, about what a server keeps in memory: fast-scan codes + ids,
-    or float32 vectors for flat / ivf / hnsw; None before it is built)."""
+    ``index`` (the saved index file per vector it holds: fast-scan codes + ids, or float32 vectors for flat / ivf /
+    hnsw; None before it is built) and ``index_memory`` (what a server holds per vector once it is loaded: the file
+    plus ``index_extra`` bytes in all, a fast-scan index's re-rank copy)."""
     if not count:
         return None
     # meta (settings, the fitted codec) and skipped-file records are not per image: left out
     pages = {name: b for name, b in pages.items() if name not in ("meta", "skipped")}
     lmdb = {name: round(b / count, 1) for name, b in pages.items() if b}
     return {"code": code_size, "lmdb": lmdb, "lmdb_total": round(sum(pages.values()) / count, 1),
-            "index": round(index["bytes"] / index["ntotal"], 1) if index and index.get("ntotal") else None}
+            "index": round(index["bytes"] / index["ntotal"], 1) if index and index.get("ntotal") else None,
+            "index_memory": (round((index["bytes"] + index_extra) / index["ntotal"], 1)
+                             if index and index.get("ntotal") else None)}
+
+
+def _index_extra(header: dict | None, params: CodecParams | None) -> int:
+    """Bytes a loaded index holds beyond its file: a fast-scan index's re-rank copy (0 for the other kinds)."""
+    kind = ((header or {}).get("config") or {}).get("kind")
+    if kind not in FASTSCAN_KINDS or params is None or not header.get("ntotal"):
+        return 0
+    return fastscan_rerank_bytes(params.dims, params.config.levels, header["ntotal"])
 
 
 def codec_note(spec: DatabaseSpec | None, params: CodecParams | None, count: int) -> str | None:
@@ -675,5 +688,6 @@ def info(db: str | os.PathLike, store: Store | None = None) -> DatabaseInfo:
             index_config=spec.index.to_dict() if spec else None,
             skipped=store.skipped(), features_kept=store.count("features"),
             root=os.fsdecode(store.get_meta("root") or b""), disk_bytes=store.disk_bytes(), index=header,
-            bytes_per_image=bytes_per_image(count, code_size, store.page_bytes(), header))
+            bytes_per_image=bytes_per_image(count, code_size, store.page_bytes(), header,
+                                            _index_extra(header, params)))
 

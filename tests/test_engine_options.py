@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from retr import indexes
 from retr.retrieval import engine
 from retr.retrieval.codec import CodecConfig
 from retr.retrieval.encoder import EncoderConfig
@@ -154,5 +155,10 @@ def test_info_states_the_bytes_each_image_costs(small, tmp_path):
     assert b["lmdb_total"] == round(3 * 4096 / 28, 1)
     index_bytes = (db / "index.faiss").stat().st_size  # header included: a little more than Faiss's own bytes
     assert 0 < b["index"] * 28 <= index_bytes
+    # the default index is fastscan: once loaded it also holds its re-rank copy (4 code bytes + a norm per vector,
+    # and 4 tables of 256 centroids of 4 dims)
+    header = indexes.read_header(db / "index.faiss")
+    assert header["config"]["kind"] == "fastscan"
+    assert b["index_memory"] == round((header["bytes"] + 28 * (4 + 4) + 4 * 256 * 4 * 4) / 28, 1)
     out = run("info", "--db", db).output
     assert "per image    code 4 B; LMDB 439 B on disk (codes 146, files 146, ids 146); index" in out

@@ -200,17 +200,21 @@ def test_coarse_option_is_backward_compatible(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_scan_then_rank_is_search():
-    levels, idx, _, _ = coded(4, n=1500)
+def test_candidates_then_top_is_search():
+    levels, idx, _, xn = coded(4, n=1500)
     index = build_fastscan(levels, idx, np.arange(1500) + 3, IndexConfig("ivf-fastscan", nlist=8, rerank=50))
     q = index.padded(queries(7, 13))
-    assert q.shape == (7, 14)  # 13 dimensions, 2 per group
-    D, I = index.rank(q, index.scan(q, 50), 10)
+    assert q.shape == (7, 14)  # 13 dimensions, 2 per group: 7 groups, an odd number (the copy pads one)
+    S, P = index.candidates(q, 50)
+    # the candidates are the scan's, each scored by its exact cosine with the decoded vector
+    np.testing.assert_array_equal(np.sort(P, axis=1), np.sort(index.scan(q, 50), axis=1))
+    np.testing.assert_allclose(S, np.einsum("mkd,md->mk", xn[P], q[:, :13]), atol=2e-6)
+    D, I = index.top(S, P, 10)
     np.testing.assert_array_equal(I, search(index, queries(7, 13), 10)[1])
     # rows with fewer candidates than asked (-1 at the end) rank what there is
-    P = index.scan(q, 50)
     P[:, 5:] = -1
-    D, I = index.rank(q, P, 10)
+    S[:, 5:] = -np.inf
+    D, I = index.top(S, P, 10)
     assert (I[:, :5] >= 0).all() and (I[:, 5:] == -1).all() and np.isinf(D[:, 5:]).all()
 
 
@@ -230,7 +234,8 @@ def test_an_index_built_twice_serialises_to_the_same_bytes(kind, p, n):
 
 
 @pytest.mark.parametrize("kind", ["fastscan", "ivf-fastscan"])
-def test_a_batch_reranked_on_threads_equals_one_thread(kind, monkeypatch):
+def test_a_batch_equals_its_queries_one_at_a_time(kind):
+    # Faiss re-ranks a batch on its threads, one query per thread at a time: the results are those of single calls
     rng = np.random.default_rng(3)
     p, n = 16, 2000
     lv = np.sort(rng.standard_normal((p, 4), dtype=np.float32), axis=1)
@@ -239,10 +244,19 @@ def test_a_batch_reranked_on_threads_equals_one_thread(kind, monkeypatch):
                                                                   rerank=40))
     xq = rng.standard_normal((300, p), dtype=np.float32)
     xq /= np.linalg.norm(xq, axis=1, keepdims=True)
-    monkeypatch.setattr(F, "_PAR_ROWS", 10**9)
-    D1, I1 = index.search(xq, 10)
-    monkeypatch.setattr(F, "_PAR_ROWS", 1)
-    monkeypatch.setattr(F.faiss, "omp_get_max_threads", lambda: 3)  # three parts, even on a one-core machine
-    D3, I3 = index.search(xq, 10)
-    np.testing.assert_array_equal(I1, I3)
-    np.testing.assert_array_equal(D1, D3)
+    D, I = index.search(xq, 10)
+    one = [index.search(xq[i : i + 1], 10) for i in range(len(xq))]
+    np.testing.assert_array_equal(I, np.vstack([i for _, i in one]))
+    np.testing.assert_array_equal(D, np.vstack([d for d, _ in one]))
+
+
+def test_rerank_copy_decodes_as_the_blocks_and_is_counted():
+    for h, p in [(4, 13), (16, 6), (2, 9)]:  # odd and even numbers of groups
+        levels, idx, y, _ = coded(h, n=300, p=p)
+        index = build_fastscan(levels, idx, np.arange(300), IndexConfig("fastscan"))
+        pairs = index._pairs
+        assert pairs.sa_code_size() == -(-F.layout(p, h)[1] // 2)
+        np.testing.assert_array_equal(pairs.reconstruct_n(0, 300)[:, :p], y)
+        assert index.rerank_bytes == 300 * pairs.sa_code_size() + pairs.pq.M * 256 * pairs.pq.dsub * 4 + 300 * 4
+        assert F.memory_bytes(index) == faiss.serialize_index(index.index).size + index.rerank_bytes
+        assert index.rerank_bytes == F.fastscan_rerank_bytes(p, h, 300)  # what `retr info` states without loading
