@@ -234,7 +234,7 @@ def test_an_index_built_twice_serialises_to_the_same_bytes(kind, p, n):
 
 
 @pytest.mark.parametrize("kind", ["fastscan", "ivf-fastscan"])
-def test_a_batch_equals_its_queries_one_at_a_time(kind):
+def test_a_batch_equals_its_queries_one_at_a_time(kind, monkeypatch):
     # Faiss re-ranks a batch on its threads, one query per thread at a time: the results are those of single calls
     rng = np.random.default_rng(3)
     p, n = 16, 2000
@@ -246,6 +246,8 @@ def test_a_batch_equals_its_queries_one_at_a_time(kind):
     xq /= np.linalg.norm(xq, axis=1, keepdims=True)
     D, I = index.search(xq, 10)
     one = [index.search(xq[i : i + 1], 10) for i in range(len(xq))]
+    monkeypatch.setattr(F, "_QCHUNK", 7)  # a large batch is searched in chunks
+    np.testing.assert_array_equal(index.search(xq, 10)[1], I)
     np.testing.assert_array_equal(I, np.vstack([i for _, i in one]))
     np.testing.assert_array_equal(D, np.vstack([d for d, _ in one]))
 
