@@ -138,6 +138,17 @@ def test_degenerate_queries_and_levels():
     assert (I >= 0).all() and (D == 0).all()  # a zero query: every cosine is 0
     D, I = search(build_fastscan(levels, idx[:3], np.arange(3), IndexConfig("fastscan")), queries(1, 13), 10)
     assert I.shape == (1, 3) and sorted(I[0]) == [0, 1, 2]  # k clamped to the collection
+    # one query (the serving path) and the same query in a batch (the general path) agree, also where the lists
+    # visited hold fewer vectors than the re-rank depth (-1 at the end of Faiss's candidates)
+    levels, idx, _, _ = coded(4, n=400)
+    index = build_fastscan(levels, idx, np.arange(400) * 3, IndexConfig("ivf-fastscan", nlist=16, nprobe=1, rerank=200))
+    short = 0
+    for q in queries(4, 13):
+        one, two = index.search(q[None], 30), index.search(np.vstack([q, q]), 30)
+        short += (one[1] == -1).any()
+        np.testing.assert_array_equal(one[1], two[1][:1])
+        np.testing.assert_array_equal(one[0], two[0][:1])
+    assert short == 4  # one list of 400 / 16 vectors never holds 30
 
 
 def test_config_and_errors():
