@@ -148,7 +148,7 @@ def test_degenerate_queries_and_levels():
         short += (one[1] == -1).any()
         np.testing.assert_array_equal(one[1], two[1][:1])
         np.testing.assert_array_equal(one[0], two[0][:1])
-    assert short == 4  # one list of 400 / 16 vectors never holds 30
+    assert short == 4  # the one list visited holds fewer than 30 vectors for each of these queries
 
 
 def test_config_and_errors():
