@@ -122,7 +122,7 @@ def _stats(lat: list[float], seconds: float) -> dict:
 class Server:
     """`retr serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, db: Path, threads: int, log: Path):
+    def __init__(self, db: Path, threads: int, log: Path, extra: tuple[str, ...] = ()):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -130,7 +130,7 @@ class Server:
                 "main(prog_name='retr')")
         self._log = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--db", str(db), "--port", str(self.port),
-                                      "--device", "cpu"], stdout=self._log, stderr=subprocess.STDOUT,
+                                      "--device", "cpu", *extra], stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         t_end = time.monotonic() + 300
         while time.monotonic() < t_end:
@@ -273,7 +273,7 @@ def part_vectors(args, work: Path, deadline: float) -> dict:
     print("(a) in-process Engine.search_vectors ...", flush=True)
     before = in_process()
     print(f"    {before['one_query_per_call']['per_s']} queries/s (1 per call)", flush=True)
-    server = Server(db, args.threads, work / "serve-a.log")
+    server = Server(db, args.threads, work / "serve-a.log", tuple(args.server_args.split()))
     try:
         rows = load_levels(server, bodies, "application/json", args, deadline)
     finally:
@@ -337,7 +337,7 @@ def part_photos(args, work: Path, deadline: float) -> dict:
     before = in_process()
     print(f"    forward + search {before['forward_plus_search_ms']} ms; forward of 8 in one batch: "
           f"{before['forward_8']['images_per_s']} images/s", flush=True)
-    server = Server(db, args.threads, work / "serve-b.log")
+    server = Server(db, args.threads, work / "serve-b.log", tuple(args.server_args.split()))
     try:
         rows = load_levels(server, bodies, ctype, args, deadline)
     finally:
@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds per level before measuring")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch / Faiss threads")
     ap.add_argument("--max-minutes", type=float, default=15.0, help="no level starts after this")
+    ap.add_argument("--server-args", default="", help="more options for `retr serve`, e.g. '--batch-wait-ms 20'")
     ap.add_argument("--work", default=None, help="folder for the databases, kept (reused by a later run)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/serve.json"))
     return common.main(ap, run, argv)

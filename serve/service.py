@@ -58,8 +58,13 @@ class Query:
 
 
 def _torch_threads(n: int) -> None:
+    """Give the calling thread n torch threads, for good. ATen keeps one process-wide default and sets each
+    thread's own count from it lazily, at the thread's first torch call, unless that thread has read its count
+    before: without the read, the decoding threads' 1 became the forward's count too (the network ran on one
+    core). `Encoder.decoding_workers` reads it for the same reason."""
     import torch
 
+    torch.get_num_threads()  # the lazy per-thread setup happens now, not at the first forward
     torch.set_num_threads(n)
 
 

@@ -355,6 +355,28 @@ def test_concurrent_image_queries_share_forward_passes(indexed):
                            atol=1e-5)
 
 
+def test_the_forward_keeps_the_servers_torch_threads(indexed, monkeypatch):
+    # ATen sets each thread's torch count lazily, at its first torch call, from one process-wide default: without
+    # reading its count first, the forward thread took the decoding threads' 1 (the network ran on one core)
+    import torch
+
+    from retr.serve import service as S
+
+    seen, encode = [], S.Service._encode_batch
+    monkeypatch.setattr(S.Service, "_encode_batch",
+                        staticmethod(lambda items: seen.append(torch.get_num_threads()) or encode(items)))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # the server's count (one per core on a 2-core machine); the decoders take 1 each
+    try:
+        db = copy_db(indexed, "threads.retr")
+        with TestClient(create_app([db], options=ServeOptions(device="cpu", reload_s=0, decode_workers=2))) as c:
+            for n in ("f00/orig.png", "f01/flip.png", "f02/orig.png"):
+                assert c.post("/search", files={"image": (n, (indexed.root / n).read_bytes())}).status_code == 200
+    finally:
+        torch.set_num_threads(saved)
+    assert seen == [2, 2, 2]
+
+
 # -- while `retr index` writes ----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_queries_while_retr_index_writes_see_one_complete_state(tmp_path):
