@@ -34,7 +34,6 @@ from .vectors import l2n
 from .config import FASTSCAN_MAX_LEVELS, IndexConfig, IndexConfigError, fastscan_rerank_bytes, group_size, layout
 
 KSUB = FASTSCAN_MAX_LEVELS  # centroids per 4-bit sub-quantizer
-MAX_LEVELS = KSUB  # one dimension per group is the coarsest mapping: h <= 16
 _CHUNK = 1 << 16  # rows decoded at a time while building, to bound memory
 _QCHUNK = 16384  # queries searched at a time: their candidates take m * rerank * 12 bytes
 _TRAIN_PER_LIST = 40  # k-means points per inverted list (Faiss warns below 39)
@@ -147,8 +146,8 @@ class FastScanIndex:
     centroids b & 15 and b >> 4, so decoding stays exact). The cosine is that inner product times the vector's
     inverse norm (n,) float32. Re-ranked in NumPy from the fast-scan blocks instead, a served query spent a quarter
     of its time there (1M vectors, IVF: 121 of 475 us); this copy costs ceil(M / 2) + 4 bytes per vector of memory
-    (`rerank_bytes`) and is rebuilt from the fast-scan blocks whenever the index is loaded (about 1 s per million
-    vectors), so the index file holds the codes once.
+    (`rerank_bytes`) and is rebuilt from the fast-scan blocks whenever the index is loaded (in time
+    linear in n), so the index file holds the codes once.
     """
 
     def __init__(self, index: faiss.Index, rerank: int, p: int):
@@ -282,8 +281,6 @@ class FastScanIndex:
             return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
         if m == 1 and k <= kc:
             return self._serve(self.padded(xq), k, kc, nprobe)
-        if m <= _QCHUNK:
-            return self.top(*self.candidates(self.padded(xq), kc, nprobe), k)
         D = np.empty((m, k), np.float32)
         I = np.empty((m, k), np.int64)
         for q0 in range(0, m, _QCHUNK):
@@ -295,12 +292,10 @@ class FastScanIndex:
         """`search` of one padded query q (1, d), k <= kc: `candidates` then `top` in as few NumPy calls as it
         takes: a served IVF query lasts a few hundred microseconds, and after Faiss's scan each NumPy call runs on
         cold caches (a few microseconds each at 1M vectors), so the general path's two dozen calls showed."""
-        D = np.empty(kc, np.float32)
-        P = np.empty(kc, np.int64)
-        self.refiner.search_c(1, faiss.swig_ptr(q), kc, faiss.swig_ptr(D), faiss.swig_ptr(P),
-                              self._search_params(nprobe)[1])
-        if P[-1] < 0:  # fewer candidates than asked, or none (a blind query): the general path
-            return self.top(*self.candidates(q, kc, nprobe), k)
+        D, P = self._refine(q, kc, nprobe)
+        if P[0, -1] < 0:  # fewer candidates than asked, or none (a blind query): the general path
+            return self.top(*self._cosines(q, D, P), k)
+        D, P = D[0], P[0]
         D *= self._inv_norm.take(P)
         o = np.argsort(-D, kind="stable")[:k]
         return D.take(o)[None], self._ids.take(P.take(o))[None]
@@ -331,17 +326,24 @@ class FastScanIndex:
     def candidates(self, q: np.ndarray, kc: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The scan's kc candidates of padded queries q (m, d) float32, re-ranked exactly: cosines S (m, kc)
         float32 (-inf where fewer were found) and positions P (m, kc) int64 (-1 there), in Faiss's inner-product
-        order (`top` sorts by cosine).
+        order (`top` sorts by cosine)."""
+        return self._cosines(q, *self._refine(q, kc, nprobe))
 
-        A served query's whole time here is Faiss's: the few NumPy calls after it are counted in microseconds
-        (bench/search.py's breakdown), so the common case (every row full) takes the shortest path."""
+    def _refine(self, q: np.ndarray, kc: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Faiss's scan and exact re-rank of padded queries q (m, d): inner products D (m, kc) float32 with the
+        decoded vectors and positions P (m, kc) int64 (-1 at the end of a row where fewer were found)."""
         m = len(q)
         D = np.empty((m, kc), np.float32)
         P = np.empty((m, kc), np.int64)
         # Faiss's own search wrapper, minus its argument checks (q is padded and contiguous by construction)
         self.refiner.search_c(m, faiss.swig_ptr(q), kc, faiss.swig_ptr(D), faiss.swig_ptr(P),
-                               self._search_params(nprobe)[1])
-        if (P[0, -1] >= 0) if m == 1 else (P[:, -1].min() >= 0):  # scalar read for one query: a microsecond less
+                              self._search_params(nprobe)[1])
+        return D, P
+
+    def _cosines(self, q: np.ndarray, D: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`candidates` from `_refine`'s inner products D and positions P (both (m, kc), P changed in place for the
+        queries Faiss found nothing for)."""
+        if P[:, -1].min() >= 0:
             return D * self._inv_norm.take(P), P
         miss = P < 0
         D[miss] = 0  # Faiss's filler scores (-FLT_MAX) for missing candidates: -inf below, not an overflow
@@ -351,22 +353,18 @@ class FastScanIndex:
         if blind.any():
             # a query whose look-up tables are constant (a zero query, h = 1) makes Faiss's 8-bit table
             # quantization divide by zero and return nothing: rank those exactly over every vector instead
-            S[blind], P[blind] = self._exact(q[blind], kc)
+            S[blind], P[blind] = self._exact(q[blind], P.shape[1])
         return S, P
 
     def top(self, S: np.ndarray, P: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best k of candidates at positions P (m, kc) (-1: none) with cosines S (m, kc): scores D (m, k)
         float32 descending and ids I (m, k) int64 (-inf / -1 where fewer than k)."""
         m, kc = S.shape
-        if m == 1:  # serving: 1-D calls, a few microseconds fewer than the general path
-            o = np.argsort(-S[0], kind="stable")[:k]
-            D, pos = S[0].take(o)[None], P[0].take(o)[None]
-        else:
-            o = np.argsort(-S, axis=1, kind="stable")[:, :k]
-            o += np.arange(m)[:, None] * kc
-            D, pos = S.take(o), P.take(o)
+        o = np.argsort(-S, axis=1, kind="stable")[:, :k]
+        o += np.arange(m)[:, None] * kc
+        D, pos = S.take(o), P.take(o)
         I = self._ids.take(pos)
-        if (pos[0, -1] < 0) if m == 1 else (pos[:, -1].min() < 0):  # a missing candidate sorts last (-inf)
+        if pos[:, -1].min() < 0:  # a missing candidate sorts last (-inf)
             I[pos < 0] = -1
         if o.shape[-1] < k:  # k > n: pad as Faiss does
             D = np.hstack([D, np.full((m, k - o.shape[-1]), -np.inf, np.float32)])

@@ -126,7 +126,6 @@ class DatabaseInfo:
     index: dict | None
     bytes_per_image: dict | None = None
 
-
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["db"] = str(self.db)
@@ -146,10 +145,10 @@ def bytes_per_image(count: int, code_size: int, pages: dict[str, int], index: di
     # meta (settings, the fitted codec) and skipped-file records are not per image: left out
     pages = {name: b for name, b in pages.items() if name not in ("meta", "skipped")}
     lmdb = {name: round(b / count, 1) for name, b in pages.items() if b}
+    n = index.get("ntotal") if index else None
     return {"code": code_size, "lmdb": lmdb, "lmdb_total": round(sum(pages.values()) / count, 1),
-            "index": round(index["bytes"] / index["ntotal"], 1) if index and index.get("ntotal") else None,
-            "index_memory": (round((index["bytes"] + index_extra) / index["ntotal"], 1)
-                             if index and index.get("ntotal") else None)}
+            "index": round(index["bytes"] / n, 1) if n else None,
+            "index_memory": round((index["bytes"] + index_extra) / n, 1) if n else None}
 
 
 def _index_extra(header: dict | None, params: CodecParams | None) -> int:

@@ -130,8 +130,9 @@ def fastscan_refusal(codec: CodecConfig) -> str | None:
 
 def default_index(codec: CodecConfig) -> IndexConfig:
     """The index a database gets when none is asked: ``fastscan`` over the stored codes (exact re-rank of the best
-    candidates from the codes; about code_size + 8 bytes per vector in memory) wherever the codec allows it, else
-    ``flat`` over the decoded float32 vectors (4 p bytes per vector)."""
+    candidates from the codes; in memory the code, an 8-byte id and the re-rank copy, about twice the code size in
+    all, per vector) wherever the codec allows it, else ``flat`` over the decoded float32 vectors (4 p bytes per
+    vector)."""
     return IndexConfig("flat") if fastscan_refusal(codec) else IndexConfig("fastscan")
 
 
