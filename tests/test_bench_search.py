@@ -29,5 +29,6 @@ def test_bench_search_smoke(tmp_path):
     for c in r["curves"].values():
         assert [set(pt) >= {"serving_qps", "batch_qps", "recall"} for pt in c["points"]]
     (b,) = r["breakdown"]["breakdown ivf-fastscan nlist=76"]  # 3,000 // 39 lists
-    assert set(b["us_per_query"]) >= {"engine_search", "coarse_quantizer", "luts_and_scan", "rerank"}
+    assert set(b["us_per_query"]) >= {"engine_search", "coarse_quantizer", "luts_and_scan", "rerank_sort_ids",
+                                      "refiner_rerank"}
     assert [s["batch"] for s in next(iter(r["small_batches"].values()))] == [1, 4]
