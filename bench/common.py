@@ -36,6 +36,35 @@ def machine_cpu_s() -> tuple[float, float] | None:
     return busy / hz, (busy + v[3] + v[4]) / hz
 
 
+def process_cpu_s() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system, all threads) of every process, kernel threads included, by pid: (name, seconds),
+    from /proc/PID/stat (empty where there is none)."""
+    hz, out = os.sysconf("SC_CLK_TCK"), {}
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return out
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        name, rest = text[text.find("(") + 1 : text.rfind(")")], text[text.rfind(")") + 2 :].split()
+        out[int(pid)] = (name, (int(rest[11]) + int(rest[12])) / hz)  # fields 14 and 15: utime, stime
+    return out
+
+
+def busiest_others(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                   top: int = 3) -> list[dict]:
+    """The `top` other processes by CPU seconds between two `process_cpu_s` snapshots (this process left out):
+    [{"name", "pid", "cpu_s"}], busiest first, only those that ran."""
+    me = os.getpid()
+    used = [(a[1] - before.get(pid, (a[0], 0.0))[1], pid, a[0]) for pid, a in after.items() if pid != me]
+    return [{"name": name, "pid": pid, "cpu_s": round(s, 3)} for s, pid, name in sorted(used, reverse=True)[:top]
+            if s > 0]
+
+
 def command(module: str, argv: list[str] | None) -> str:
     """The command line that reproduces a run: ``python -m bench.<module>`` and its arguments."""
     return " ".join([f"python -m bench.{module}"] + (sys.argv[1:] if argv is None else argv))

@@ -30,7 +30,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
@@ -48,7 +48,9 @@ _CHUNK = 100_000
 @dataclass
 class Row:
     """One index measured. Times in seconds, rates in queries per second; others_cpu_share: the share of the
-    machine's CPU time that other processes took while this row was timed (None without /proc/stat)."""
+    machine's CPU time that other processes took while this row was timed (None without /proc/stat);
+    serving_qps_median: the rate of the median block of serving queries; group_others: the busiest other processes
+    (kernel threads included) while the row's group was timed, `common.busiest_others`."""
 
     name: str
     faiss: str
@@ -66,6 +68,8 @@ class Row:
     others_cpu_share: float | None = None
     noisy: bool = False
     batch_calls: int = 1
+    serving_qps_median: float = 0.0
+    group_others: list[dict] = field(default_factory=list)
 
 
 class Clock:
@@ -146,13 +150,17 @@ def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget
     the same queries and none profits from another's cache), until every block is done or `budget` seconds per
     entry have passed; then batch mode, all of xq_b in one call, in turn, in up to `batch_calls` rounds while an
     entry's batch calls took less than `batch_budget` seconds (the rate: the median call's). Returns rows (recall
-    not yet filled) with the first batch results I (len(xq_b), k)."""
+    not yet filled) with the first batch results I (len(xq_b), k). Besides the serving rate over all blocks, a
+    row has the median block's (`serving_qps_median`): where the two agree, a rate is not the work of a few blocks
+    that a passing stall slowed."""
     for e in entries:
         e.search(xq_s[:1])  # warm-up: first-call allocations
+    procs = common.process_cpu_s()
     blocks = max(1, len(xq_s) // block)
     clocks = [Clock() for _ in entries]
     done = [0] * len(entries)
     serve = [0.0] * len(entries)
+    blocks_s: list[list[float]] = [[] for _ in entries]
     for r in range(blocks):
         for j, e in enumerate(entries):
             b = (r + j) % blocks
@@ -160,7 +168,8 @@ def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget
                 t0 = time.perf_counter()
                 for i in range(b * block, (b + 1) * block):
                     e.search(xq_s[i : i + 1])
-                serve[j] += time.perf_counter() - t0
+                blocks_s[j].append(time.perf_counter() - t0)
+                serve[j] += blocks_s[j][-1]
             done[j] += block
         if max(serve) > budget:
             break
@@ -177,17 +186,23 @@ def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget
                 calls[j].append(time.perf_counter() - t0)
             if first[j] is None:
                 first[j] = I
+    group_others = common.busiest_others(procs, common.process_cpu_s())
     for j, e in enumerate(entries):
         I, tb = first[j], float(np.median(calls[j]))
         others = clocks[j].others()
         row = Row(e.name, e.kind, e.code_bytes, e.bytes_per_vector, e.build_s, done[j] / serve[j], done[j],
                   len(xq_b) / tb, 0.0, 0.0, others_cpu_share=others, noisy=others is not None and others > NOISY,
-                  batch_calls=len(calls[j]))
+                  batch_calls=len(calls[j]), serving_qps_median=block / float(np.median(blocks_s[j])),
+                  group_others=group_others)
         if e.name:
-            print(f"  {e.name}: serving {row.serving_qps:.1f} q/s ({done[j]} queries), batch {row.batch_qps:.1f} q/s "
+            print(f"  {e.name}: serving {row.serving_qps:.1f} q/s ({done[j]} queries; median block "
+                  f"{row.serving_qps_median:.1f}), batch {row.batch_qps:.1f} q/s "
                   f"(median of {len(calls[j])} calls), "
                   f"others {_pct(others)}", flush=True)
         out.append((row, I))
+    if entries[0].name and group_others:
+        print("    busiest other processes meanwhile: "
+              + ", ".join(f"{o['name']} {o['cpu_s']:.2f} s" for o in group_others), flush=True)
     return out
 
 
@@ -239,8 +254,8 @@ def curve_point(search, xq_s: np.ndarray, xq_b: np.ndarray, budget: float) -> di
     """One point of a recall-vs-QPS curve: serving rate (up to `budget` s), batch rate, others' share; the batch
     results under "I" (recall filled in later)."""
     (row, I), = timed_group([Entry("", "", 0, 0, 0, search)], xq_s, xq_b, budget)
-    return {"serving_qps": row.serving_qps, "batch_qps": row.batch_qps, "others_cpu_share": row.others_cpu_share,
-            "I": I}
+    return {"serving_qps": row.serving_qps, "serving_qps_median": row.serving_qps_median, "batch_qps": row.batch_qps,
+            "others_cpu_share": row.others_cpu_share, "I": I}
 
 
 def breakdown(index, nprobe: int, k: int, xq: np.ndarray, reps: int = 3) -> dict:
@@ -460,6 +475,7 @@ def run(args: argparse.Namespace) -> dict:
         e, r = by_name[eng], by_name[raw]
         overhead.append({"engine": eng, "raw": raw, "raw_is": what,
                          "serving_pct": 100 * e.serving_qps / r.serving_qps,
+                         "serving_median_pct": 100 * e.serving_qps_median / r.serving_qps_median,
                          "batch_pct": 100 * e.batch_qps / r.batch_qps,
                          "recall_engine": e.recall_decoded, "recall_raw": r.recall_decoded,
                          "noisy": e.noisy or r.noisy})
@@ -534,7 +550,8 @@ def overhead_table(overhead: list[dict]) -> str:
         return ""
     lines = ["engine vs raw Faiss on the same codes (throughput %, recall@k vs decoded):"]
     for o in overhead:
-        lines.append(f"  {o['engine'][:52]:52} vs {o['raw_is']:6} serving {o['serving_pct']:6.1f}%  batch "
+        lines.append(f"  {o['engine'][:52]:52} vs {o['raw_is']:6} serving {o['serving_pct']:6.1f}% (median block "
+                     f"{o['serving_median_pct']:6.1f}%)  batch "
                      f"{o['batch_pct']:6.1f}%  recall {o['recall_engine']:.4f} / {o['recall_raw']:.4f}"
                      + (" noisy" if o["noisy"] else ""))
     return "\n".join(lines)

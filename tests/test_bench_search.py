@@ -19,15 +19,18 @@ def test_bench_search_smoke(tmp_path):
     assert json.loads(out.read_text())["rows"] and (tmp_path / "c.png").stat().st_size > 0
     rows = {row["name"]: row for row in r["rows"]}
     assert all(0 <= (row["others_cpu_share"] or 0) <= 1 and isinstance(row["noisy"], bool) for row in rows.values())
+    assert all(row["serving_qps_median"] > 0 for row in rows.values())
+    assert all(isinstance(o["name"], str) and o["cpu_s"] > 0 for row in rows.values() for o in row["group_others"])
     assert isinstance(r["noisy"], bool)
     refine = [o for o in r["engine_vs_raw"] if o["raw_is"] == "refine"]
     assert len(refine) == 3  # fastscan re-rank 30, ivf-fastscan nprobe 8 with a flat and an hnsw coarse quantizer
     for o in refine:  # the same candidates re-ranked exactly: equal recall (ties aside)
         assert abs(o["recall_engine"] - o["recall_raw"]) <= 0.01 and o["serving_pct"] > 0
+        assert o["serving_median_pct"] > 0
     assert rows["fastscan Q-2 h=4 + re-rank 30"]["bytes_per_vector"] < 100
     assert {"fastscan (engine)", "raw IndexRefineFlat(IndexIVFPQFastScan) nlist=76"} <= set(r["curves"])
     for c in r["curves"].values():
-        assert [set(pt) >= {"serving_qps", "batch_qps", "recall"} for pt in c["points"]]
+        assert all(set(pt) >= {"serving_qps", "serving_qps_median", "batch_qps", "recall"} for pt in c["points"])
     (b,) = r["breakdown"]["breakdown ivf-fastscan nlist=76"]  # 3,000 // 39 lists
     assert set(b["us_per_query"]) >= {"engine_search", "coarse_quantizer", "luts_and_scan", "rerank_sort_ids",
                                       "refiner_rerank"}
