@@ -26,6 +26,12 @@ def cpu_model() -> str:
 def machine_cpu_s() -> tuple[float, float] | None:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat (None where there is none).
     Busy counts user, nice, system, irq, softirq and steal (time the hypervisor gave to other machines)."""
+    t = machine_cpu_times()
+    return None if t is None else t[:2]
+
+
+def machine_cpu_times() -> tuple[float, float, float] | None:
+    """`machine_cpu_s` and the steal seconds it counts as busy: (busy, total, steal)."""
     try:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:9]]
@@ -33,7 +39,7 @@ def machine_cpu_s() -> tuple[float, float] | None:
         return None
     hz = os.sysconf("SC_CLK_TCK")
     busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
-    return busy / hz, (busy + v[3] + v[4]) / hz
+    return busy / hz, (busy + v[3] + v[4]) / hz, v[7] / hz
 
 
 def process_cpu_s() -> dict[int, tuple[str, float]]:

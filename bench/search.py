@@ -50,7 +50,8 @@ class Row:
     """One index measured. Times in seconds, rates in queries per second; others_cpu_share: the share of the
     machine's CPU time that other processes took while this row was timed (None without /proc/stat);
     serving_qps_median: the rate of the median block of serving queries; group_others: the busiest other processes
-    (kernel threads included) while the row's group was timed, `common.busiest_others`."""
+    (kernel threads included) while the row's group was timed, `common.busiest_others`; steal_share: the part of
+    others_cpu_share that was steal time (/proc/stat), which no process of this machine shows."""
 
     name: str
     faiss: str
@@ -69,35 +70,44 @@ class Row:
     noisy: bool = False
     batch_calls: int = 1
     serving_qps_median: float = 0.0
+    steal_share: float | None = None
     group_others: list[dict] = field(default_factory=list)
 
 
 class Clock:
-    """Wall time, this process's CPU time and the machine's busy / total CPU time, summed over timed intervals."""
+    """Wall time, this process's CPU time and the machine's busy / total / steal CPU time, summed over timed
+    intervals."""
 
     def __init__(self) -> None:
-        self.wall = self.cpu = self.busy = self.total = 0.0
+        self.wall = self.cpu = self.busy = self.total = self.stolen = 0.0
         self.machine = True
 
     def __enter__(self) -> Clock:
-        self._m, self._c, self._w = common.machine_cpu_s(), time.process_time(), time.perf_counter()
+        self._m, self._c, self._w = common.machine_cpu_times(), time.process_time(), time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         self.wall += time.perf_counter() - self._w
         self.cpu += time.process_time() - self._c
-        m = common.machine_cpu_s()
+        m = common.machine_cpu_times()
         if m is None or self._m is None:
             self.machine = False
         else:
             self.busy += m[0] - self._m[0]
             self.total += m[1] - self._m[1]
+            self.stolen += m[2] - self._m[2]
 
     def others(self) -> float | None:
         """Share of the machine's CPU that went to anything but this process meanwhile (0 to 1)."""
         if not self.machine or self.total <= 0:
             return None
         return max(0.0, self.busy - self.cpu) / self.total
+
+    def steal(self) -> float | None:
+        """The part of `others` that was steal: the hypervisor running something else on this machine's CPUs."""
+        if not self.machine or self.total <= 0:
+            return None
+        return self.stolen / self.total
 
 
 def synthetic(n: int, d: int, clusters: int, nq: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,12 +203,12 @@ def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget
         row = Row(e.name, e.kind, e.code_bytes, e.bytes_per_vector, e.build_s, done[j] / serve[j], done[j],
                   len(xq_b) / tb, 0.0, 0.0, others_cpu_share=others, noisy=others is not None and others > NOISY,
                   batch_calls=len(calls[j]), serving_qps_median=block / float(np.median(blocks_s[j])),
-                  group_others=group_others)
+                  group_others=group_others, steal_share=clocks[j].steal())
         if e.name:
             print(f"  {e.name}: serving {row.serving_qps:.1f} q/s ({done[j]} queries; median block "
                   f"{row.serving_qps_median:.1f}), batch {row.batch_qps:.1f} q/s "
                   f"(median of {len(calls[j])} calls), "
-                  f"others {_pct(others)}", flush=True)
+                  f"others {_pct(others)} (steal {_pct(row.steal_share)})", flush=True)
         out.append((row, I))
     if entries[0].name and group_others:
         print("    busiest other processes meanwhile: "

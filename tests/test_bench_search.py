@@ -20,6 +20,7 @@ def test_bench_search_smoke(tmp_path):
     rows = {row["name"]: row for row in r["rows"]}
     assert all(0 <= (row["others_cpu_share"] or 0) <= 1 and isinstance(row["noisy"], bool) for row in rows.values())
     assert all(row["serving_qps_median"] > 0 for row in rows.values())
+    assert all(0 <= (row["steal_share"] or 0) <= 1 for row in rows.values())
     assert all(isinstance(o["name"], str) and o["cpu_s"] > 0 for row in rows.values() for o in row["group_others"])
     assert isinstance(r["noisy"], bool)
     refine = [o for o in r["engine_vs_raw"] if o["raw_is"] == "refine"]
