@@ -49,7 +49,9 @@ _CHUNK = 100_000
 class Row:
     """One index measured. Times in seconds, rates in queries per second; others_cpu_share: the share of the
     machine's CPU time that other processes took while this row was timed (None without /proc/stat);
-    serving_qps_median: the rate of the median block of serving queries; group_others: the busiest other processes
+    serving_qps_median: the rate of the median block of serving queries; serving_cpu_us: this process's CPU time per
+    serving query (all its threads; with OpenMP's default wait policy a thread that spins after one row's search
+    is charged to the next row: compare these with OMP_WAIT_POLICY=PASSIVE); group_others: the busiest other processes
     (kernel threads included) while the row's group was timed, `common.busiest_others`; steal_share: the part of
     others_cpu_share that was steal time (/proc/stat), which no process of this machine shows."""
 
@@ -70,6 +72,7 @@ class Row:
     noisy: bool = False
     batch_calls: int = 1
     serving_qps_median: float = 0.0
+    serving_cpu_us: float = 0.0
     steal_share: float | None = None
     group_others: list[dict] = field(default_factory=list)
 
@@ -170,15 +173,17 @@ def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget
     clocks = [Clock() for _ in entries]
     done = [0] * len(entries)
     serve = [0.0] * len(entries)
+    serve_cpu = [0.0] * len(entries)
     blocks_s: list[list[float]] = [[] for _ in entries]
     for r in range(blocks):
         for j, e in enumerate(entries):
             b = (r + j) % blocks
             with clocks[j]:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for i in range(b * block, (b + 1) * block):
                     e.search(xq_s[i : i + 1])
                 blocks_s[j].append(time.perf_counter() - t0)
+                serve_cpu[j] += time.process_time() - c0
                 serve[j] += blocks_s[j][-1]
             done[j] += block
         if max(serve) > budget:
@@ -203,11 +208,12 @@ def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget
         row = Row(e.name, e.kind, e.code_bytes, e.bytes_per_vector, e.build_s, done[j] / serve[j], done[j],
                   len(xq_b) / tb, 0.0, 0.0, others_cpu_share=others, noisy=others is not None and others > NOISY,
                   batch_calls=len(calls[j]), serving_qps_median=block / float(np.median(blocks_s[j])),
+                  serving_cpu_us=1e6 * serve_cpu[j] / done[j],
                   group_others=group_others, steal_share=clocks[j].steal())
         if e.name:
             print(f"  {e.name}: serving {row.serving_qps:.1f} q/s ({done[j]} queries; median block "
-                  f"{row.serving_qps_median:.1f}), batch {row.batch_qps:.1f} q/s "
-                  f"(median of {len(calls[j])} calls), "
+                  f"{row.serving_qps_median:.1f}; {row.serving_cpu_us:.0f} us of CPU each), "
+                  f"batch {row.batch_qps:.1f} q/s (median of {len(calls[j])} calls), "
                   f"others {_pct(others)} (steal {_pct(row.steal_share)})", flush=True)
         out.append((row, I))
     if entries[0].name and group_others:
@@ -486,6 +492,7 @@ def run(args: argparse.Namespace) -> dict:
         overhead.append({"engine": eng, "raw": raw, "raw_is": what,
                          "serving_pct": 100 * e.serving_qps / r.serving_qps,
                          "serving_median_pct": 100 * e.serving_qps_median / r.serving_qps_median,
+                         "serving_per_cpu_pct": 100 * r.serving_cpu_us / e.serving_cpu_us,
                          "batch_pct": 100 * e.batch_qps / r.batch_qps,
                          "recall_engine": e.recall_decoded, "recall_raw": r.recall_decoded,
                          "noisy": e.noisy or r.noisy})
@@ -507,7 +514,8 @@ def run(args: argparse.Namespace) -> dict:
         "codec": cfg.to_dict() | {"code_size": params.code_size},
         "k": k, "threads": args.threads, "batch_queries": len(xq_b), "serving_queries_max": len(xq_s),
         "serving_budget_s": args.budget, "faiss": faiss.__version__, "machine": common.cpu_model(),
-        "cpus": os.cpu_count(), "load_average": os.getloadavg(), "wall_s": time.perf_counter() - t_run,
+        "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "wall_s": time.perf_counter() - t_run,
         "others_cpu_share_max": max(shares) if shares else None, "noisy_threshold": NOISY,
         "noisy": any(r.noisy for r in rows), "target_recall": args.target_recall,
         "rows": [asdict(r) for r in rows], "engine_vs_raw": overhead, "curves": curves,
@@ -561,7 +569,7 @@ def overhead_table(overhead: list[dict]) -> str:
     lines = ["engine vs raw Faiss on the same codes (throughput %, recall@k vs decoded):"]
     for o in overhead:
         lines.append(f"  {o['engine'][:52]:52} vs {o['raw_is']:6} serving {o['serving_pct']:6.1f}% (median block "
-                     f"{o['serving_median_pct']:6.1f}%)  batch "
+                     f"{o['serving_median_pct']:6.1f}%, per CPU s {o['serving_per_cpu_pct']:6.1f}%)  batch "
                      f"{o['batch_pct']:6.1f}%  recall {o['recall_engine']:.4f} / {o['recall_raw']:.4f}"
                      + (" noisy" if o["noisy"] else ""))
     return "\n".join(lines)

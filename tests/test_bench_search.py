@@ -19,7 +19,7 @@ def test_bench_search_smoke(tmp_path):
     assert json.loads(out.read_text())["rows"] and (tmp_path / "c.png").stat().st_size > 0
     rows = {row["name"]: row for row in r["rows"]}
     assert all(0 <= (row["others_cpu_share"] or 0) <= 1 and isinstance(row["noisy"], bool) for row in rows.values())
-    assert all(row["serving_qps_median"] > 0 for row in rows.values())
+    assert all(row["serving_qps_median"] > 0 and row["serving_cpu_us"] > 0 for row in rows.values())
     assert all(0 <= (row["steal_share"] or 0) <= 1 for row in rows.values())
     assert all(isinstance(o["name"], str) and o["cpu_s"] > 0 for row in rows.values() for o in row["group_others"])
     assert isinstance(r["noisy"], bool)
@@ -27,7 +27,7 @@ def test_bench_search_smoke(tmp_path):
     assert len(refine) == 3  # fastscan re-rank 30, ivf-fastscan nprobe 8 with a flat and an hnsw coarse quantizer
     for o in refine:  # the same candidates re-ranked exactly: equal recall (ties aside)
         assert abs(o["recall_engine"] - o["recall_raw"]) <= 0.01 and o["serving_pct"] > 0
-        assert o["serving_median_pct"] > 0
+        assert o["serving_median_pct"] > 0 and o["serving_per_cpu_pct"] > 0
     assert rows["fastscan Q-2 h=4 + re-rank 30"]["bytes_per_vector"] < 100
     assert {"fastscan (engine)", "raw IndexRefineFlat(IndexIVFPQFastScan) nlist=76"} <= set(r["curves"])
     for c in r["curves"].values():
