@@ -29,7 +29,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -156,13 +157,29 @@ class Entry:
     search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+@contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """Faiss's OpenMP threads set to n (0: left as they are) for the block, then restored."""
+    if n <= 0:
+        yield
+        return
+    saved = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(saved)
+
+
 def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget: float,
-                block: int = 10, batch_calls: int = 1, batch_budget: float = 0.0) -> list[tuple[Row, np.ndarray]]:
+                block: int = 10, batch_calls: int = 1, batch_budget: float = 0.0,
+                serving_threads: int = 0) -> list[tuple[Row, np.ndarray]]:
     """Time the entries interleaved, so that they see the same machine: serving mode in rounds over blocks of
     `block` queries (entry j takes block (round + j) % blocks in each round, so consecutive entries never search
     the same queries and none profits from another's cache), until every block is done or `budget` seconds per
     entry have passed; then batch mode, all of xq_b in one call, in turn, in up to `batch_calls` rounds while an
-    entry's batch calls took less than `batch_budget` seconds (the rate: the median call's). Returns rows (recall
+    entry's batch calls took less than `batch_budget` seconds (the rate: the median call's). Serving queries run
+    on `serving_threads` OpenMP threads (0: as set), batches on the threads as set. Returns rows (recall
     not yet filled) with the first batch results I (len(xq_b), k). Besides the serving rate over all blocks, a
     row has the median block's (`serving_qps_median`): where the two agree, a rate is not the work of a few blocks
     that a passing stall slowed."""
@@ -175,19 +192,20 @@ def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget
     serve = [0.0] * len(entries)
     serve_cpu = [0.0] * len(entries)
     blocks_s: list[list[float]] = [[] for _ in entries]
-    for r in range(blocks):
-        for j, e in enumerate(entries):
-            b = (r + j) % blocks
-            with clocks[j]:
-                t0, c0 = time.perf_counter(), time.process_time()
-                for i in range(b * block, (b + 1) * block):
-                    e.search(xq_s[i : i + 1])
-                blocks_s[j].append(time.perf_counter() - t0)
-                serve_cpu[j] += time.process_time() - c0
-                serve[j] += blocks_s[j][-1]
-            done[j] += block
-        if max(serve) > budget:
-            break
+    with omp_threads(serving_threads):
+        for r in range(blocks):
+            for j, e in enumerate(entries):
+                b = (r + j) % blocks
+                with clocks[j]:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for i in range(b * block, (b + 1) * block):
+                        e.search(xq_s[i : i + 1])
+                    blocks_s[j].append(time.perf_counter() - t0)
+                    serve_cpu[j] += time.process_time() - c0
+                    serve[j] += blocks_s[j][-1]
+                done[j] += block
+            if max(serve) > budget:
+                break
     out = []
     calls: list[list[float]] = [[] for _ in entries]
     first: list[np.ndarray | None] = [None] * len(entries)
@@ -266,10 +284,10 @@ def raw_entries(index, refine: faiss.Index, tag: str, k: int, kc: int, nprobe: i
     return out
 
 
-def curve_point(search, xq_s: np.ndarray, xq_b: np.ndarray, budget: float) -> dict:
+def curve_point(search, xq_s: np.ndarray, xq_b: np.ndarray, budget: float, serving_threads: int = 0) -> dict:
     """One point of a recall-vs-QPS curve: serving rate (up to `budget` s), batch rate, others' share; the batch
     results under "I" (recall filled in later)."""
-    (row, I), = timed_group([Entry("", "", 0, 0, 0, search)], xq_s, xq_b, budget)
+    (row, I), = timed_group([Entry("", "", 0, 0, 0, search)], xq_s, xq_b, budget, serving_threads=serving_threads)
     return {"serving_qps": row.serving_qps, "serving_qps_median": row.serving_qps_median, "batch_qps": row.batch_qps,
             "others_cpu_share": row.others_cpu_share, "I": I}
 
@@ -350,6 +368,7 @@ def run(args: argparse.Namespace) -> dict:
 
     def measure(entries: list[Entry]) -> None:
         done.extend(timed_group(entries, xq_s, xq_b, args.budget, batch_calls=args.batch_calls,
+                                serving_threads=args.serving_threads,
                                 batch_budget=args.batch_budget))
 
     def entry(name: str, index, build_s: float, code_bytes: float, search=None) -> Entry:
@@ -360,7 +379,7 @@ def run(args: argparse.Namespace) -> dict:
     def curve(name: str, param: str, values: list[int], make_search, ref: str, **extra) -> None:
         points = []
         for v in values:
-            pt = curve_point(make_search(v), xq_s, xq_b, args.curve_budget)
+            pt = curve_point(make_search(v), xq_s, xq_b, args.curve_budget, args.serving_threads)
             points.append({param: v} | pt)
             print(f"  curve {name} {param}={v}: serving {pt['serving_qps']:.1f} q/s, batch {pt['batch_qps']:.1f} q/s",
                   flush=True)
@@ -468,8 +487,10 @@ def run(args: argparse.Namespace) -> dict:
                           "decoded", bytes_per_vector=scan_bytes, build_s=bt)
             if "breakdown" not in args.skip:
                 key = f"breakdown ivf-fastscan {tag}"
-                curves.setdefault("_breakdowns", {})[key] = [breakdown(index, v, k, xq_s[: args.breakdown_queries])
-                                                             for v in args.nprobe[:1] + args.breakdown_nprobe]
+                with omp_threads(args.serving_threads):  # single queries, as in serving mode
+                    curves.setdefault("_breakdowns", {})[key] = [
+                        breakdown(index, v, k, xq_s[: args.breakdown_queries])
+                        for v in args.nprobe[:1] + args.breakdown_nprobe]
             if "batches" not in args.skip and coarse == "flat":
                 curves.setdefault("_small_batches", {})[f"ivf-fastscan {tag} nprobe={args.nprobe[0]}"] = \
                     small_batches(engine_search(index, k, args.nprobe[0]), xq_s, args.batch_sizes)
@@ -515,7 +536,8 @@ def run(args: argparse.Namespace) -> dict:
         "k": k, "threads": args.threads, "batch_queries": len(xq_b), "serving_queries_max": len(xq_s),
         "serving_budget_s": args.budget, "faiss": faiss.__version__, "machine": common.cpu_model(),
         "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "wall_s": time.perf_counter() - t_run,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "serving_threads": args.serving_threads,
+        "wall_s": time.perf_counter() - t_run,
         "others_cpu_share_max": max(shares) if shares else None, "noisy_threshold": NOISY,
         "noisy": any(r.noisy for r in rows), "target_recall": args.target_recall,
         "rows": [asdict(r) for r in rows], "engine_vs_raw": overhead, "curves": curves,
@@ -632,7 +654,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="batch calls per index at most, interleaved within a group (the rate: the median call's)")
     ap.add_argument("--batch-budget", type=float, default=3.0,
                     help="no further batch call once an index's calls took this many seconds")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="Faiss's OpenMP threads for batches")
+    ap.add_argument("--serving-threads", type=int, default=1,
+                    help="Faiss's OpenMP threads while single queries are timed (0: --threads); a server answers "
+                         "concurrent queries on the other cores")
     ap.add_argument("--rerank", type=ints, default=[30, 50, 100], help="exhaustive fast-scan re-rank depths")
     ap.add_argument("--nlist", type=int, default=None, help="ivf-fastscan lists (default ~4 sqrt(n))")
     ap.add_argument("--nprobe", type=ints, default=[40, 16, 32, 64],

@@ -23,6 +23,7 @@ def test_bench_search_smoke(tmp_path):
     assert all(0 <= (row["steal_share"] or 0) <= 1 for row in rows.values())
     assert all(isinstance(o["name"], str) and o["cpu_s"] > 0 for row in rows.values() for o in row["group_others"])
     assert isinstance(r["noisy"], bool)
+    assert r["serving_threads"] == 1  # the default: one OpenMP thread per served query
     refine = [o for o in r["engine_vs_raw"] if o["raw_is"] == "refine"]
     assert len(refine) == 3  # fastscan re-rank 30, ivf-fastscan nprobe 8 with a flat and an hnsw coarse quantizer
     for o in refine:  # the same candidates re-ranked exactly: equal recall (ties aside)
