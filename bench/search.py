@@ -1,7 +1,7 @@
 """Compressed-domain search benchmark: Q-2 codes scanned by Faiss 4-bit fast-scan, against raw Faiss on the same
 codes and Faiss baselines.
 
-    python -m bench.search                              # the issue's size: 1,000,000 x 256 (~20 min on 2 cores)
+    python -m bench.search                              # the issue's size: 1,000,000 x 256 (~10 min on 2 cores)
     python -m bench.search --n 100000 --quick --plot /tmp/c.png --out /tmp/s.json   # development: ~2 min
     python -m bench.search --skip sq,pq,hnsw            # parts can be left out; every option: --help
 
@@ -10,17 +10,18 @@ Gaussian clusters whose per-dimension standard deviation decays as (1 + j)^-0.5 
 L2-normalised; queries are fresh draws from the same mixture. The codec is Q-2 with `--levels` levels per
 dimension, no reduction (the data is already "reduced"), fitted on a 100,000-vector sample.
 
-Every index is timed in the same run with `--threads` Faiss threads: serving mode (one query per call, as many
-of `--serving` queries as fit in `--budget` seconds per index) and batch mode (`--batch` queries in one call,
-repeated up to `--batch-calls` times while the calls took less than `--batch-budget` seconds: the median call).
-The engine's fast-scan rows are timed interleaved with raw Faiss on the same codes (its inner IndexPQFastScan /
-IndexIVFPQFastScan called directly for the same candidates, and IndexRefineFlat over it: the same candidates
-re-ranked exactly), so `engine_vs_raw` compares them under the same load. Each row records the share of the
-machine's CPU that other processes took while it was timed (/proc/stat minus this process's CPU time) and is
-marked noisy above 10%. Recall@k is tie-aware: a returned item counts when its exact score is at least the k-th
-best exact score, against exact search on the normalised decoded vectors ("vs decoded", the engine's flat index)
-and on the float32 vectors ("vs float32"). Bytes per vector is the Faiss serialisation (codes, ids, lists, graph)
-divided by n; the memory ratio compares it with IndexFlatIP on float32. Then recall-vs-QPS curves (nprobe,
+Every index is timed in the same run: serving mode (one query per call on `--serving-threads` Faiss threads, as
+many of `--serving` queries as fit in `--budget` seconds per index) and batch mode (on `--threads` Faiss threads,
+`--batch` queries in one call, repeated up to `--batch-calls` times while the calls took less than
+`--batch-budget` seconds: the median call). The engine's fast-scan rows are timed interleaved with raw Faiss on
+the same codes (its inner IndexPQFastScan / IndexIVFPQFastScan called directly for the same candidates, and
+IndexRefineFlat over it: the same candidates re-ranked exactly), so `engine_vs_raw` compares them under the same
+load. Each row records the share of the machine's CPU that other processes took while it was timed (/proc/stat
+minus this process's CPU time; noisy above 10%), its steal share, its CPU time per served query and the busiest
+other processes meanwhile. Recall@k is tie-aware: a returned item counts when its exact score is at least the
+k-th best exact score, against exact search on the normalised decoded vectors ("vs decoded", the engine's flat
+index) and on the float32 vectors ("vs float32"). Bytes per vector is the Faiss serialisation (codes, ids, lists,
+graph) divided by n; the memory ratio compares it with IndexFlatIP on float32. Then recall-vs-QPS curves (nprobe,
 efSearch, re-rank depth), where an ivf-fastscan query's time goes, and queries answered in small batches.
 """
 
