@@ -9,6 +9,7 @@ import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 
 def cpu_model() -> str:
@@ -42,31 +43,40 @@ def machine_cpu_times() -> tuple[float, float, float] | None:
     return busy / hz, (busy + v[3] + v[4]) / hz, v[7] / hz
 
 
-def process_cpu_s() -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system, all threads) of every process, kernel threads included, by pid: (name, seconds),
-    from /proc/PID/stat (empty where there is none)."""
+class Proc(NamedTuple):
+    """A process as /proc/PID/stat shows it: its name, its parent's pid, its CPU seconds (user + system, all
+    threads)."""
+
+    name: str
+    ppid: int
+    cpu_s: float
+
+
+def processes() -> dict[int, Proc]:
+    """Every process, kernel threads included, by pid (empty where there is no /proc)."""
     hz, out = os.sysconf("SC_CLK_TCK"), {}
     try:
-        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+        pids = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
     except OSError:
         return out
-    for pid in entries:
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 text = f.read()
-        except OSError:  # gone meanwhile
+        except OSError:  # ended meanwhile
             continue
-        name, rest = text[text.find("(") + 1 : text.rfind(")")], text[text.rfind(")") + 2 :].split()
-        out[int(pid)] = (name, (int(rest[11]) + int(rest[12])) / hz)  # fields 14 and 15: utime, stime
+        # "pid (comm) state ppid ... utime stime ...": utime and stime are fields 14 and 15 (proc(5))
+        v = text[text.rindex(")") + 2 :].split()
+        out[int(pid)] = Proc(text[text.index("(") + 1 : text.rindex(")")], int(v[1]), (int(v[11]) + int(v[12])) / hz)
     return out
 
 
-def busiest_others(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
-                   top: int = 3) -> list[dict]:
-    """The `top` other processes by CPU seconds between two `process_cpu_s` snapshots (this process left out):
+def busiest_others(before: dict[int, Proc], after: dict[int, Proc], top: int = 3) -> list[dict]:
+    """The `top` other processes by CPU seconds between two `processes` snapshots (this process left out):
     [{"name", "pid", "cpu_s"}], busiest first, only those that ran."""
     me = os.getpid()
-    used = [(a[1] - before.get(pid, (a[0], 0.0))[1], pid, a[0]) for pid, a in after.items() if pid != me]
+    used = [(p.cpu_s - (before[pid].cpu_s if pid in before else 0.0), pid, p.name)
+            for pid, p in after.items() if pid != me]
     return [{"name": name, "pid": pid, "cpu_s": round(s, 3)} for s, pid, name in sorted(used, reverse=True)[:top]
             if s > 0]
 

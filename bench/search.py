@@ -186,7 +186,7 @@ def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget
     that a passing stall slowed."""
     for e in entries:
         e.search(xq_s[:1])  # warm-up: first-call allocations
-    procs = common.process_cpu_s()
+    procs = common.processes()
     blocks = max(1, len(xq_s) // block)
     clocks = [Clock() for _ in entries]
     done = [0] * len(entries)
@@ -220,7 +220,7 @@ def timed_group(entries: list[Entry], xq_s: np.ndarray, xq_b: np.ndarray, budget
                 calls[j].append(time.perf_counter() - t0)
             if first[j] is None:
                 first[j] = I
-    group_others = common.busiest_others(procs, common.process_cpu_s())
+    group_others = common.busiest_others(procs, common.processes())
     for j, e in enumerate(entries):
         I, tb = first[j], float(np.median(calls[j]))
         others = clocks[j].others()

@@ -313,28 +313,15 @@ def own_cpu_s() -> float:
     """CPU seconds of this process (all its threads) and of its live descendants (joblib's loky workers), from
     /proc; this process's alone where there is none."""
     own = time.process_time()
-    try:
-        names = [d for d in os.listdir("/proc") if d.isdigit()]
-    except OSError:
-        return own
-    hz = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for d in names:
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                s = f.read()
-        except OSError:  # ended meanwhile
-            continue
-        v = s[s.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ..., utime, stime (proc(5) 14, 15)
-        parent[int(d)], cpu[int(d)] = int(v[1]), (int(v[11]) + int(v[12])) / hz
+    procs = common.processes()
+    parent = {pid: p.ppid for pid, p in procs.items()}
     mine, todo = set(), [os.getpid()]
     while todo:
         p = todo.pop()
         kids = [c for c, pp in parent.items() if pp == p and c not in mine]
         mine.update(kids)
         todo += kids
-    return own + sum(cpu[c] for c in mine)
+    return own + sum(procs[c].cpu_s for c in mine)
 
 
 @dataclass

@@ -7,8 +7,10 @@ from bench import common
 
 def test_busiest_others_ranks_cpu_deltas_and_leaves_this_process_out():
     me = os.getpid()
-    before = {me: ("python", 1.0), 10: ("kdamond.0", 2.0), 11: ("sshd", 5.0), 12: ("idle", 3.0)}
-    after = {me: ("python", 9.0), 10: ("kdamond.0", 2.25), 11: ("sshd", 5.5), 12: ("idle", 3.0), 13: ("new", 0.125)}
+    P = common.Proc
+    before = {me: P("python", 1, 1.0), 10: P("kdamond.0", 2, 2.0), 11: P("sshd", 1, 5.0), 12: P("idle", 1, 3.0)}
+    after = {me: P("python", 1, 9.0), 10: P("kdamond.0", 2, 2.25), 11: P("sshd", 1, 5.5), 12: P("idle", 1, 3.0),
+             13: P("new", 11, 0.125)}
     assert common.busiest_others(before, after) == [
         {"name": "sshd", "pid": 11, "cpu_s": 0.5},
         {"name": "kdamond.0", "pid": 10, "cpu_s": 0.25},
@@ -17,8 +19,8 @@ def test_busiest_others_ranks_cpu_deltas_and_leaves_this_process_out():
     assert common.busiest_others(before, after, top=1) == [{"name": "sshd", "pid": 11, "cpu_s": 0.5}]
 
 
-def test_process_cpu_s_reads_this_process():
+def test_processes_reads_this_process_and_its_parent():
     if not os.path.exists(f"/proc/{os.getpid()}/stat"):
         return  # no procfs: nothing to read
-    name, seconds = common.process_cpu_s()[os.getpid()]
-    assert name and seconds >= 0
+    me = common.processes()[os.getpid()]
+    assert me.name and me.ppid == os.getppid() and me.cpu_s >= 0
