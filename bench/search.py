@@ -2,7 +2,7 @@
 codes and Faiss baselines.
 
     python -m bench.search                              # the size: 1,000,000 x 256 (~10 min on 2 cores)
-    python -m bench.search --n 100000 --quick --plot /tmp/c.png --out /tmp/s.json   # development: ~2 min
+    python -m bench.search --n 100000 --quick --plot /tmp/c.png --out /tmp/s.json   # development: < 1 min
     python -m bench.search --skip sq,pq,hnsw            # parts can be left out; every option: --help
 
 Data: a seeded synthetic stand-in for PCA-reduced CNN descriptors (no real images): a mixture of `--clusters`
