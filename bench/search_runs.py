@@ -39,7 +39,11 @@ def summarize(paths: list[Path]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="bench.search JSONs")
-    summary = summarize(ap.parse_args(argv).runs)
+    args = ap.parse_args(argv)
+    try:
+        summary = summarize(args.runs)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # not a file, not JSON, not bench.search's JSON
+        ap.error(f"cannot read the runs: {type(e).__name__}: {e}")
     for kind, ms in summary.items():
         for m, s in ms.items():
             print(f"{kind:40} {m:12} {s['n']:3} groups: {s['min']:.1f}-{s['max']:.1f} %, median {s['median']:.1f} %, "

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench import search_runs
 
 
@@ -28,3 +30,12 @@ def test_summary_groups_by_index_kind_and_counts_the_target(tmp_path):
     assert s["ivf-fastscan nlist=40"]["batch_pct"]["median"] == 80.0
     assert s["ivf-fastscan nlist=40"]["batch_pct"]["at_target"] == 1  # 95.0 counts: the target is >= 95 %
     assert s["fastscan Q-2 h=4"]["serving_pct"]["n"] == 1
+
+
+def test_a_file_that_is_not_a_run_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("{}")
+    for path in (tmp_path / "missing.json", tmp_path / "x.json"):
+        with pytest.raises(SystemExit) as e:
+            search_runs.main([str(path)])
+        assert e.value.code == 2
+        assert "cannot read the runs" in capsys.readouterr().err
