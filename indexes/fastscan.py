@@ -150,7 +150,8 @@ class FastScanIndex:
     linear in n), so the index file holds the codes once.
 
     A single query (what a server answers) is re-ranked by decoding instead: its candidates' codes are gathered
-    from ``pairs``, decoded by Faiss and multiplied with the query by Faiss's inner-product kernel. ``IndexRefine``
+    from ``pairs``, decoded (a gather of the copy's centroid rows, `_decoded`) and multiplied with the query by
+    Faiss's inner-product kernel. ``IndexRefine``
     reads all of the copy's centroids (256 KiB at 64 sub-quantizers) to fill its look-up table, which after a scan
     of 1M vectors probably come from beyond the caches; decoding 100 candidates reads only the ones they use (at 1M
     vectors this took ivf-fastscan's serving rate from 79-87 % to 91-102 % of raw Faiss's, bench/README.md). In a
@@ -227,6 +228,10 @@ class FastScanIndex:
         self._pair_codes = (faiss.rev_swig_ptr(pairs.codes.data(), self._n * M8).reshape(self._n, M8) if self._n
                             else np.zeros((0, M8), np.uint8))
         self._pairs_d = int(pairs.d)
+        # the copy's centroids as one table (M8 * 256, 2g), again a view of Faiss's memory: row j * 256 + b is
+        # centroid b of sub-quantizer j, so a candidate's decoded vector is the rows at its codes + _pair_rows
+        self._pair_table = faiss.rev_swig_ptr(pairs.pq.centroids.data(), M8 * 256 * 2 * g).reshape(M8 * 256, 2 * g)
+        self._pair_rows = np.arange(M8, dtype=np.intp) * 256
 
     @property
     def ntotal(self) -> int:
@@ -325,11 +330,17 @@ class FastScanIndex:
         kc, dr, ptr = len(p), self._pairs_d, faiss.swig_ptr
         if q.shape[1] != dr:
             q = _pad(q, dr)
-        c = self._pair_codes.take(p, axis=0)
-        x = np.empty((kc, dr), np.float32)
-        self._pairs.sa_decode_c(kc, ptr(c), ptr(x))
+        x = self._decoded(p)  # named: a pointer from swig_ptr does not keep its array alive
         faiss.fvec_inner_products_ny(ptr(out), ptr(q), ptr(x), dr, kc)
         return out
+
+    def _decoded(self, p: np.ndarray) -> np.ndarray:
+        """The re-rank copy's vectors at positions p (kc,) int64, decoded: (kc, M8 * 2g) float32, contiguous, the
+        same floats as ``pairs.sa_decode`` (a -1 decodes the last vector). One NumPy gather of centroid rows: Faiss's
+        decoding copies them one sub-quantizer at a time (6,400 copies of 16 bytes for 100 candidates), which took
+        longer than the gather on a served query."""
+        rows = np.add(self._pair_codes.take(p, axis=0), self._pair_rows, dtype=np.intp)
+        return self._pair_table.take(rows, axis=0).reshape(len(p), -1)
 
     def padded(self, xq: np.ndarray) -> np.ndarray:
         """Queries (m, p) -> (m, d) contiguous float32, zeros in the padded dimensions: what `scan` and

@@ -275,6 +275,8 @@ def test_rerank_copy_decodes_as_the_blocks_and_is_counted():
         pairs = index._pairs
         assert pairs.sa_code_size() == -(-F.layout(p, h)[1] // 2)
         np.testing.assert_array_equal(pairs.reconstruct_n(0, 300)[:, :p], y)
+        pos = np.array([0, 17, 299, 5, -1])  # what a served query decodes, -1 (no candidate) as the last vector
+        np.testing.assert_array_equal(index._decoded(pos), pairs.reconstruct_batch(np.array([0, 17, 299, 5, 299])))
         assert index.rerank_bytes == 300 * pairs.sa_code_size() + pairs.pq.M * 256 * pairs.pq.dsub * 4 + 300 * 4
         assert F.memory_bytes(index) == faiss.serialize_index(index.index).size + index.rerank_bytes
         assert index.rerank_bytes == F.fastscan_rerank_bytes(p, h, 300)  # what `retr info` states without loading
