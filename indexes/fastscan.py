@@ -154,9 +154,10 @@ class FastScanIndex:
     Faiss's inner-product kernel. ``IndexRefine`` reads all of the copy's centroids (256 KiB at 64 sub-quantizers)
     to fill its look-up table, which after a scan of 1M vectors probably come from beyond the caches; decoding 100
     candidates reads only the ones they use (at 1M vectors this took ivf-fastscan's serving rate from 79-87 % to
-    91-102 % of raw Faiss's, bench/README.md). In a batch the centroids stay cached, the tables cost less than decoding, and Faiss re-ranks the queries on its
-    threads. The two paths' scores agree to float rounding (their sums run in different orders), so a query's
-    ranking is the same alone and in a batch but for cosines within 1e-6 of each other.
+    91-102 % of raw Faiss's, bench/README.md). In a batch the centroids stay cached, the tables cost less than
+    decoding, and Faiss re-ranks the queries on its threads. The two paths' scores agree to float rounding (their
+    sums run in different orders), so a query's ranking is the same alone and in a batch but for cosines within
+    1e-6 of each other.
     """
 
     def __init__(self, index: faiss.Index, rerank: int, p: int):
