@@ -2,7 +2,7 @@
 IndexRefineFlat, equal recall), per index kind, from the runs' JSONs.
 
     python -m bench.search_runs bench/results/search.json bench/results/search-passive.json \\
-        bench/results/search-2threads.json bench/results/search-runs/*.json
+        bench/results/search-2threads.json bench/results/search-runs/*.json bench/results/search-lists.json
 
 A single run's IVF ratios move by tens of points from group to group on a small VM; the median over runs is the
 figure to read (README.md, Performance).
